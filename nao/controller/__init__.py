@@ -1,0 +1,81 @@
+"""The NAO controller: encoder, predictor and decoder trained jointly, and generation.
+
+``Controller`` keeps an ensemble's parameters and optimizer state across search
+iterations (warm start, as the original code does) and speaks numpy to the
+search loop; the work happens in the jitted functions of ``training`` and
+``generation``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nao.controller import generation, training
+from nao.controller.config import PRESETS, ControllerConfig, get_preset
+from nao.controller.model import EPD
+from nao.spaces.base import SearchSpace
+
+
+def _bucket(n: int, minimum: int = 64) -> int:
+    """Padded size for n rows: powers of two, so shapes (and compilations) stay few."""
+    return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+
+
+def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
+    pad = np.zeros((rows - array.shape[0],) + array.shape[1:], array.dtype)
+    return np.concatenate([array, pad])
+
+
+class Controller:
+    """An ensemble of encoder-predictor-decoders for one search space."""
+
+    def __init__(self, space: SearchSpace, config: ControllerConfig, key: jax.Array):
+        if space.seq_len % space.tokens_per_step:
+            raise ValueError(f"space {space.name}: seq_len {space.seq_len} is not a multiple of "
+                             f"tokens_per_step {space.tokens_per_step}")
+        self.space = space
+        self.config = config
+        self.model = EPD(config, space.vocab_size, space.tokens_per_step)
+        self.params, self.opt_state = training.init_ensemble(self.model, config, space.seq_len, key)
+        self.token_mask = jnp.asarray(space.token_mask())
+        self.permutations = jnp.asarray(space.symmetry_permutations(), jnp.int32)
+
+    def fit(self, tokens: np.ndarray, targets: np.ndarray, key: jax.Array,
+            epochs: int | None = None) -> dict[str, float]:
+        """Train on (n, L) tokens with targets in [0, 1]; returns the last step's mse and nll."""
+        count = tokens.shape[0]
+        epochs = self.config.epochs if epochs is None else epochs
+        steps = max(self.config.min_steps, epochs * math.ceil(count / self.config.batch_size))
+        capacity = _bucket(count, 256)
+        self.params, self.opt_state, metrics = training.fit(
+            self.model, self.params, self.opt_state,
+            jnp.asarray(_pad_rows(tokens.astype(np.int32), capacity)),
+            jnp.asarray(_pad_rows(targets.astype(np.float32), capacity)),
+            jnp.int32(count), self.permutations, jnp.int32(steps), key)
+        metrics = np.asarray(metrics).mean(axis=0)
+        return {"mse": float(metrics[0]), "nll": float(metrics[1])}
+
+    def predict(self, tokens: np.ndarray) -> np.ndarray:
+        """(members, n) predicted normalised scores of (n, L) tokens."""
+        count = tokens.shape[0]
+        padded = _pad_rows(tokens.astype(np.int32), _bucket(count, 256))
+        return np.asarray(generation.predict(self.model, self.params, jnp.asarray(padded)))[:, :count]
+
+    def generate(self, seed_tokens: np.ndarray, etas: np.ndarray) -> np.ndarray:
+        """(members, E, S, L) tokens decoded after one ascent step of each eta from each seed."""
+        count = seed_tokens.shape[0]
+        padded = _pad_rows(seed_tokens.astype(np.int32), _bucket(count, 16))
+        tokens = generation.generate(self.model, self.params, jnp.asarray(padded),
+                                     jnp.asarray(etas, jnp.float32), self.token_mask)
+        return np.asarray(tokens)[:, :, :count]
+
+    def reconstruct(self, tokens: np.ndarray) -> np.ndarray:
+        """(members, n, L) greedy reconstructions (a step of size 0)."""
+        return self.generate(tokens, np.zeros(1))[:, 0]
+
+
+__all__ = ["PRESETS", "Controller", "ControllerConfig", "get_preset"]

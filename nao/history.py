@@ -1,0 +1,59 @@
+"""The append-only record of every evaluated architecture, one JSON line each.
+
+Each row is flushed and fsync'd before the loop moves on, so a killed run
+loses at most the evaluation in flight. A torn last line (the process died
+mid-write) is dropped on load; damage anywhere else is an error, never
+silently skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+class HistoryError(ValueError):
+    """A history file that cannot be trusted."""
+
+
+class History:
+    """Rows of one (strategy, seed) search, mirrored to ``path``."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.rows: list[dict[str, Any]] = []
+        if self.path.exists():
+            self.rows = self._load()
+
+    def _load(self) -> list[dict[str, Any]]:
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")
+        rows = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                if number == len(lines) and not data.endswith(b"\n"):
+                    # Torn write of the last row: rewrite the file without it.
+                    self._rewrite(rows)
+                    break
+                raise HistoryError(f"{self.path}:{number} is not valid JSON ({err}); "
+                                   "restore the file or start a new --output_dir") from err
+        return rows
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, self.path)
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.rows.append(row)

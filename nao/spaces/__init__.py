@@ -1,0 +1,23 @@
+"""Search spaces behind one interface, looked up by name."""
+
+from __future__ import annotations
+
+from nao.spaces.base import InvalidArchitecture, SearchSpace
+from nao.spaces.nasbench101 import NasBench101Space
+from nao.spaces.nasbench201 import NasBench201Space
+
+SPACES: dict[str, type[SearchSpace]] = {
+    NasBench201Space.name: NasBench201Space,
+    NasBench101Space.name: NasBench101Space,
+}
+
+
+def get_space(name: str) -> SearchSpace:
+    """The space registered as ``name``; a ValueError lists the known names."""
+    if name not in SPACES:
+        raise ValueError(f"unknown space {name!r}: choose one of {', '.join(sorted(SPACES))}")
+    return SPACES[name]()
+
+
+__all__ = ["SPACES", "InvalidArchitecture", "NasBench101Space", "NasBench201Space",
+           "SearchSpace", "get_space"]

@@ -1,0 +1,87 @@
+"""The one interface every search space implements.
+
+The controller sees only ``vocab_size``, ``seq_len``, ``token_mask`` and token
+arrays; the search loop and the strategies see only the methods below. An
+architecture is an opaque, hashable value owned by its space.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+
+
+class InvalidArchitecture(ValueError):
+    """An architecture string or token sequence that the space cannot accept."""
+
+
+class SearchSpace(abc.ABC):
+    """A finite or combinatorial set of architectures with a token encoding.
+
+    Token 0 is the decoder's start symbol. A space whose architectures vary in
+    size may also use 0 as trailing padding (NAS-Bench-101 does, as SemiNAS);
+    every other token id names something of the architecture.
+    """
+
+    name: str
+    vocab_size: int
+    seq_len: int
+    # Consecutive tokens concatenated into one encoder step (2 for NAO's CNN cells).
+    tokens_per_step: int = 1
+
+    @abc.abstractmethod
+    def sample(self, rng: np.random.Generator) -> Hashable:
+        """A uniformly random valid architecture."""
+
+    @abc.abstractmethod
+    def is_valid(self, arch: Hashable) -> bool:
+        """Whether ``arch`` is a well-formed architecture of this space."""
+
+    @abc.abstractmethod
+    def key(self, arch: Hashable) -> str:
+        """Canonical key: equal for architectures that compute the same network."""
+
+    @abc.abstractmethod
+    def to_string(self, arch: Hashable) -> str:
+        """Human-readable (official, where one exists) string."""
+
+    @abc.abstractmethod
+    def from_string(self, text: str) -> Hashable:
+        """Parse ``to_string``'s output; raises InvalidArchitecture with the fix."""
+
+    @abc.abstractmethod
+    def to_tokens(self, arch: Hashable) -> np.ndarray:
+        """Fixed-length int32 token sequence of shape (seq_len,), values in [0, vocab)."""
+
+    @abc.abstractmethod
+    def from_tokens(self, tokens: Sequence[int]) -> Hashable | None:
+        """The architecture a token sequence encodes, or None if it encodes none."""
+
+    @abc.abstractmethod
+    def token_mask(self) -> np.ndarray:
+        """(seq_len, vocab_size) bool: tokens the decoder may emit at each position."""
+
+    @abc.abstractmethod
+    def neighbors(self, arch: Hashable) -> list[Hashable]:
+        """All valid architectures one edit away (used by local search and mutation)."""
+
+    def mutate(self, arch: Hashable, rng: np.random.Generator) -> Hashable:
+        """One random valid one-edit neighbour."""
+        options = self.neighbors(arch)
+        return options[rng.integers(len(options))]
+
+    def symmetry_permutations(self) -> np.ndarray:
+        """(P, seq_len) int: token-position permutations that keep the network the same.
+
+        Controller training rewrites each sample with one of these, drawn at
+        random, inside its jitted step. The identity alone means no symmetry.
+        """
+        return np.arange(self.seq_len)[None, :]
+
+    def tokens_batch(self, archs: Sequence[Hashable]) -> np.ndarray:
+        """(len(archs), seq_len) int32 token matrix."""
+        if not archs:
+            return np.zeros((0, self.seq_len), np.int32)
+        return np.stack([self.to_tokens(a) for a in archs]).astype(np.int32)
