@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nao.spaces.base import InvalidArchitecture
+from nao.spaces.base import InvalidArchitectureError
 from nao.spaces.nasbench101 import (
     CONV1X1,
     CONV3X3,
@@ -128,7 +128,7 @@ def test_pruning_removes_dangling_vertices(space):
     (np.triu(np.ones((7, 7), int), k=1), [INPUT] + [CONV3X3] * 5 + [OUTPUT]),  # 21 edges
 ])
 def test_invalid_graphs_are_rejected(matrix, ops):
-    with pytest.raises(InvalidArchitecture):
+    with pytest.raises(InvalidArchitectureError):
         Nb101Arch.from_graph(matrix, ops)
 
 
@@ -208,7 +208,7 @@ def test_from_string_prunes(space):
     "ops=input,conv3x3-bn-relu,output;edges=0-1",
 ])
 def test_from_string_rejects_garbage_with_the_format(space, text):
-    with pytest.raises(InvalidArchitecture, match="expected 'ops=input") as info:
+    with pytest.raises(InvalidArchitectureError, match="expected 'ops=input") as info:
         space.from_string(text)
     assert "\n" not in str(info.value)
 

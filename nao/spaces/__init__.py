@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nao.spaces.base import InvalidArchitecture, SearchSpace
+from nao.spaces.base import InvalidArchitectureError, SearchSpace
 from nao.spaces.nasbench101 import NasBench101Space
 from nao.spaces.nasbench201 import NasBench201Space
 
@@ -19,5 +19,5 @@ def get_space(name: str) -> SearchSpace:
     return SPACES[name]()
 
 
-__all__ = ["SPACES", "InvalidArchitecture", "NasBench101Space", "NasBench201Space",
+__all__ = ["SPACES", "InvalidArchitectureError", "NasBench101Space", "NasBench201Space",
            "SearchSpace", "get_space"]

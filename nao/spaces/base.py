@@ -13,7 +13,7 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 
 
-class InvalidArchitecture(ValueError):
+class InvalidArchitectureError(ValueError):
     """An architecture string or token sequence that the space cannot accept."""
 
 
@@ -49,7 +49,7 @@ class SearchSpace(abc.ABC):
 
     @abc.abstractmethod
     def from_string(self, text: str) -> Hashable:
-        """Parse ``to_string``'s output; raises InvalidArchitecture with the fix."""
+        """Parse ``to_string``'s output; raises InvalidArchitectureError with the fix."""
 
     @abc.abstractmethod
     def to_tokens(self, arch: Hashable) -> np.ndarray:

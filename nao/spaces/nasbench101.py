@@ -30,7 +30,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from nao.spaces.base import InvalidArchitecture, SearchSpace
+from nao.spaces.base import InvalidArchitectureError, SearchSpace
 
 INPUT, OUTPUT = "input", "output"
 CONV1X1, CONV3X3, MAXPOOL3X3 = "conv1x1-bn-relu", "conv3x3-bn-relu", "maxpool3x3"
@@ -74,23 +74,23 @@ class Nb101Arch:
                    ops: Sequence[str | int]) -> Nb101Arch:
         """Prune ``matrix``/``ops`` as ModelSpec does and check NB101's limits.
 
-        ``ops`` are official names or the npz op ids (``OP_NAMES``). Raises InvalidArchitecture.
+        ``ops`` are official names or the npz op ids (``OP_NAMES``). Raises InvalidArchitectureError.
         """
         try:
             m = np.asarray(matrix)
         except ValueError:
-            raise InvalidArchitecture("adjacency rows have different lengths") from None
+            raise InvalidArchitectureError("adjacency rows have different lengths") from None
         if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] < 2:
-            raise InvalidArchitecture(f"adjacency must be a square matrix of >= 2 vertices, got shape "
+            raise InvalidArchitectureError(f"adjacency must be a square matrix of >= 2 vertices, got shape "
                                       f"{m.shape}")
         n = m.shape[0]
         if not np.isin(m, (0, 1)).all() or np.tril(m).any():
-            raise InvalidArchitecture("adjacency must be strictly upper triangular with 0/1 entries")
+            raise InvalidArchitectureError("adjacency must be strictly upper triangular with 0/1 entries")
         if len(ops) != n:
-            raise InvalidArchitecture(f"{len(ops)} ops for {n} vertices")
+            raise InvalidArchitectureError(f"{len(ops)} ops for {n} vertices")
         names = [_op_name(op) for op in ops]
         if names[0] != INPUT or names[-1] != OUTPUT or any(op not in INNER_OPS for op in names[1:-1]):
-            raise InvalidArchitecture(f"ops must be input, then any of {', '.join(INNER_OPS)}, then "
+            raise InvalidArchitectureError(f"ops must be input, then any of {', '.join(INNER_OPS)}, then "
                                       f"output; got {names}")
         # Upper triangular, so a forward sweep visits vertices in topological order.
         from_input = np.zeros(n, bool)
@@ -102,11 +102,11 @@ class Nb101Arch:
         for v in range(n - 2, -1, -1):
             to_output[v] = (m[v, v + 1:].astype(bool) & to_output[v + 1:]).any()
         if not from_input[-1]:
-            raise InvalidArchitecture("no path from input to output")
+            raise InvalidArchitectureError("no path from input to output")
         keep = np.flatnonzero(from_input & to_output)
         pruned = m[np.ix_(keep, keep)]
         if len(keep) > MAX_VERTICES or pruned.sum() > MAX_EDGES:
-            raise InvalidArchitecture(f"pruned graph has {len(keep)} vertices and {int(pruned.sum())} "
+            raise InvalidArchitectureError(f"pruned graph has {len(keep)} vertices and {int(pruned.sum())} "
                                       f"edges; NB101 allows {MAX_VERTICES} and {MAX_EDGES}")
         return cls(tuple(tuple(int(x) for x in row) for row in pruned), tuple(names[i] for i in keep))
 
@@ -115,10 +115,10 @@ def _op_name(op: str | int) -> str:
     if isinstance(op, (int, np.integer)) and not isinstance(op, bool):
         if 0 <= op < len(OP_NAMES):
             return OP_NAMES[op]
-        raise InvalidArchitecture(f"op id {op} is not in 0..{len(OP_NAMES) - 1}")
+        raise InvalidArchitectureError(f"op id {op} is not in 0..{len(OP_NAMES) - 1}")
     if op in OP_NAMES:
         return str(op)
-    raise InvalidArchitecture(f"unknown op {op!r}: use one of {', '.join(OP_NAMES)}")
+    raise InvalidArchitectureError(f"unknown op {op!r}: use one of {', '.join(OP_NAMES)}")
 
 
 def _md5(text: str) -> str:
@@ -170,7 +170,7 @@ class NasBench101Space(SearchSpace):
             ops = [INPUT, *(INNER_OPS[i] for i in inner), OUTPUT]
             try:
                 return Nb101Arch.from_graph(matrix, ops)
-            except InvalidArchitecture:
+            except InvalidArchitectureError:
                 continue
 
     def is_valid(self, arch) -> bool:
@@ -179,7 +179,7 @@ class NasBench101Space(SearchSpace):
         try:
             # Valid means already pruned and within limits: re-pruning must change nothing.
             return Nb101Arch.from_graph(arch.matrix, arch.ops) == arch
-        except InvalidArchitecture:
+        except InvalidArchitectureError:
             return False
 
     def key(self, arch: Nb101Arch) -> str:
@@ -193,18 +193,18 @@ class NasBench101Space(SearchSpace):
     def from_string(self, text: str) -> Nb101Arch:
         match = _STRING_RE.match(text.strip())
         if not match:
-            raise InvalidArchitecture(f"bad NAS-Bench-101 arch {text!r}: {_FORMAT}")
+            raise InvalidArchitectureError(f"bad NAS-Bench-101 arch {text!r}: {_FORMAT}")
         ops = match.group(1).split(",")
         matrix = np.zeros((len(ops), len(ops)), np.int64)
         for edge in filter(None, match.group(2).split(",")):
             edge_match = _EDGE_RE.match(edge)
             if not edge_match or not int(edge_match.group(1)) < int(edge_match.group(2)) < len(ops):
-                raise InvalidArchitecture(f"bad NAS-Bench-101 edge {edge!r} in {text!r}: {_FORMAT}")
+                raise InvalidArchitectureError(f"bad NAS-Bench-101 edge {edge!r} in {text!r}: {_FORMAT}")
             matrix[int(edge_match.group(1)), int(edge_match.group(2))] = 1
         try:
             return Nb101Arch.from_graph(matrix, ops)
-        except InvalidArchitecture as err:
-            raise InvalidArchitecture(f"bad NAS-Bench-101 arch {text!r}: {err}; {_FORMAT}") from None
+        except InvalidArchitectureError as err:
+            raise InvalidArchitectureError(f"bad NAS-Bench-101 arch {text!r}: {err}; {_FORMAT}") from None
 
     def to_tokens(self, arch: Nb101Arch) -> np.ndarray:
         tokens = np.zeros(self.seq_len, np.int32)
@@ -235,7 +235,7 @@ class NasBench101Space(SearchSpace):
         # from_graph rejects an output op anywhere but at the last used column.
         try:
             return Nb101Arch.from_graph(matrix, ops)
-        except InvalidArchitecture:
+        except InvalidArchitectureError:
             return None
 
     def token_mask(self) -> np.ndarray:
@@ -271,7 +271,7 @@ class NasBench101Space(SearchSpace):
         for matrix, ops in candidates:
             try:
                 neighbour = Nb101Arch.from_graph(matrix, ops)
-            except InvalidArchitecture:
+            except InvalidArchitectureError:
                 continue
             if self.key(neighbour) not in seen:
                 seen.add(self.key(neighbour))

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from nao.spaces.base import InvalidArchitecture, SearchSpace
+from nao.spaces.base import InvalidArchitectureError, SearchSpace
 
 OP_NAMES = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 # Edge k goes from EDGES[k][0] to EDGES[k][1], in the order the official string lists them.
@@ -55,17 +55,17 @@ class NasBench201Space(SearchSpace):
         )
         nodes = text.strip().split("+")
         if len(nodes) != 3:
-            raise InvalidArchitecture(f"bad NAS-Bench-201 arch {text!r}: {hint}")
+            raise InvalidArchitectureError(f"bad NAS-Bench-201 arch {text!r}: {hint}")
         ops = []
         for node_index, node in enumerate(nodes, start=1):
             parts = [p for p in node.split("|") if p]
             if len(parts) != node_index:
-                raise InvalidArchitecture(f"bad NAS-Bench-201 arch {text!r}: node {node_index} "
+                raise InvalidArchitectureError(f"bad NAS-Bench-201 arch {text!r}: node {node_index} "
                                           f"needs {node_index} edge(s); {hint}")
             for source, part in enumerate(parts):
                 match = _EDGE_RE.match(part)
                 if not match or match.group(1) not in OP_NAMES or int(match.group(2)) != source:
-                    raise InvalidArchitecture(f"bad NAS-Bench-201 edge {part!r} in {text!r}: {hint}")
+                    raise InvalidArchitectureError(f"bad NAS-Bench-201 edge {part!r} in {text!r}: {hint}")
                 ops.append(OP_NAMES.index(match.group(1)))
         return tuple(ops)
 
