@@ -19,12 +19,12 @@ class HistoryError(ValueError):
 
 
 class History:
-    """Rows of one (strategy, seed) search, mirrored to ``path``."""
+    """Rows of one (strategy, seed) search, mirrored to ``path`` (None: kept in memory only)."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike | None):
+        self.path = None if path is None else Path(path)
         self.rows: list[dict[str, Any]] = []
-        if self.path.exists():
+        if self.path is not None and self.path.exists():
             self.rows = self._load()
 
     def _load(self) -> list[dict[str, Any]]:
@@ -51,6 +51,9 @@ class History:
         os.replace(tmp, self.path)
 
     def append(self, row: dict[str, Any]) -> None:
+        if self.path is None:
+            self.rows.append(row)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")

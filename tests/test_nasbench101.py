@@ -225,15 +225,71 @@ def test_neighbors_are_valid_distinct_and_different(space, table_archs, samples)
     assert total > 1000
 
 
+def test_every_table_cell_and_sample_has_a_neighbor(space, table_archs):
+    rng = np.random.default_rng(1)
+    samples = [space.sample(rng) for _ in range(500)]
+    assert sum(a.num_vertices == 2 for a in table_archs + samples) > 50  # the case that had none
+    for arch in table_archs + samples:
+        assert space.neighbors(arch), space.to_string(arch)
+
+
+def parallel(first: str, second: str) -> Nb101Arch:
+    """input -> first -> output and input -> second -> output."""
+    return Nb101Arch.from_graph([[0, 1, 1, 0], [0, 0, 0, 1], [0, 0, 0, 1], [0, 0, 0, 0]],
+                                [INPUT, first, second, OUTPUT])
+
+
+def test_neighbors_of_the_input_output_cell(space):
+    arch = Nb101Arch.from_graph([[0, 1], [0, 0]], [INPUT, OUTPUT])
+    # Only a split of its one edge: through a new vertex with each of the three ops.
+    assert set(space.neighbors(arch)) == {chain(op) for op in (CONV1X1, CONV3X3, MAXPOOL3X3)}
+    rng = np.random.default_rng(0)
+    assert {space.mutate(arch, rng) for _ in range(30)} == set(space.neighbors(arch))
+
+
 def test_neighbors_of_a_chain(space):
     arch = chain(CONV3X3)
-    # The two other ops for the inner vertex, plus the skip edge 0->2; removing 0->1 or 1->2
-    # disconnects input from output.
+    skip = Nb101Arch.from_graph([[0, 1, 1], [0, 0, 1], [0, 0, 0]], [INPUT, CONV3X3, OUTPUT])
+    inserted = {chain(op, CONV3X3) for op in (CONV1X1, CONV3X3, MAXPOOL3X3)}
+    inserted |= {chain(CONV3X3, op) for op in (CONV1X1, MAXPOOL3X3)}  # chain(CONV3X3, CONV3X3) twice
+    # Two other ops for the inner vertex; the skip edge 0->2 (removing 0->1 or 1->2 disconnects
+    # input from output); a split of 0->1 or 1->2; and the inner vertex bypassed.
     options = space.neighbors(arch)
-    assert set(options) == {chain(CONV1X1), chain(MAXPOOL3X3),
-                            Nb101Arch.from_graph([[0, 1, 1], [0, 0, 1], [0, 0, 0]],
-                                                 [INPUT, CONV3X3, OUTPUT])}
+    assert len(options) == 9
+    assert set(options) == {chain(CONV1X1), chain(MAXPOOL3X3), skip, chain(), *inserted}
     assert space.mutate(arch, np.random.default_rng(0)) in options
+
+
+def test_split_renumbers_vertices_and_bypass_undoes_it(space):
+    skip = Nb101Arch.from_graph([[0, 1, 1], [0, 0, 1], [0, 0, 0]], [INPUT, CONV3X3, OUTPUT])
+    options = space.neighbors(skip)
+    # Splitting the skip edge 0->2 puts the new vertex between input and output, beside vertex 1.
+    assert {parallel(CONV3X3, op) for op in (CONV1X1, CONV3X3, MAXPOOL3X3)} <= set(options)
+    # Splitting 0->1 puts the new vertex before vertex 1, which becomes vertex 2.
+    before = Nb101Arch.from_graph([[0, 1, 0, 1], [0, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0]],
+                                  [INPUT, MAXPOOL3X3, CONV3X3, OUTPUT])
+    assert before in options
+    # Bypassing vertex 1 merges 0->1->2 into the existing 0->2.
+    assert chain() in options
+    for arch in options:
+        if arch.num_vertices == 4:  # made by a split: bypassing the new vertex gives skip back
+            assert space.key(skip) in {space.key(a) for a in space.neighbors(arch)}
+
+
+def test_neighbors_respect_the_size_limits(space):
+    # 7 vertices: no split may add an eighth.
+    full = chain(CONV3X3, CONV3X3, CONV1X1, MAXPOOL3X3, CONV3X3)
+    assert max(a.num_vertices for a in space.neighbors(full)) == 7
+    # 6 vertices and 9 edges: a split would make a tenth edge; bypassing vertex 1 would make 10.
+    matrix = np.zeros((6, 6), int)
+    matrix[0, 1:5] = 1
+    matrix[1:5, 5] = 1
+    matrix[1, 2] = 1
+    nine = Nb101Arch.from_graph(matrix, [INPUT, CONV3X3, CONV3X3, CONV1X1, MAXPOOL3X3, OUTPUT])
+    assert np.sum(nine.matrix) == 9
+    options = space.neighbors(nine)
+    assert options and max(a.num_vertices for a in options) == 6
+    assert all(np.sum(a.matrix) <= 9 for a in options)
 
 
 def test_sample_is_reproducible_and_valid(space, samples):

@@ -36,7 +36,7 @@ PRESETS: dict[str, ControllerConfig] = {
     # a 5-member ensemble (its spread drives the choice of what to query) trained
     # for fewer epochs per iteration, since it is warm-started and the pool is small.
     "default": ControllerConfig(emb_size=16, hidden_size=32, mlp_layers=2, mlp_hidden=32,
-                                epochs=20, min_steps=300, ensemble=5, batch_size=32),
+                                epochs=20, min_steps=150, ensemble=5, batch_size=32),
     # Tiny and fast, for tests and CPU smoke runs; not for results.
     "smoke": ControllerConfig(emb_size=8, hidden_size=16, mlp_layers=1, mlp_hidden=16,
                               epochs=5, ensemble=2, batch_size=16),

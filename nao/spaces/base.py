@@ -80,6 +80,11 @@ class SearchSpace(abc.ABC):
         """
         return np.arange(self.seq_len)[None, :]
 
+    def graph(self, arch: Hashable) -> tuple[list[str], list[tuple[int, int, str]]] | None:
+        """Node labels and (source, target, label) edges for drawing; None if not drawable."""
+        del arch
+        return None
+
     def tokens_batch(self, archs: Sequence[Hashable]) -> np.ndarray:
         """(len(archs), seq_len) int32 token matrix."""
         if not archs:

@@ -84,7 +84,7 @@ class Nb101Arch:
             raise InvalidArchitectureError(f"adjacency must be a square matrix of >= 2 vertices, got shape "
                                       f"{m.shape}")
         n = m.shape[0]
-        if not np.isin(m, (0, 1)).all() or np.tril(m).any():
+        if m.dtype.kind not in "biuf" or not ((m == 0) | (m == 1)).all() or np.tril(m).any():
             raise InvalidArchitectureError("adjacency must be strictly upper triangular with 0/1 entries")
         if len(ops) != n:
             raise InvalidArchitectureError(f"{len(ops)} ops for {n} vertices")
@@ -92,23 +92,24 @@ class Nb101Arch:
         if names[0] != INPUT or names[-1] != OUTPUT or any(op not in INNER_OPS for op in names[1:-1]):
             raise InvalidArchitectureError(f"ops must be input, then any of {', '.join(INNER_OPS)}, then "
                                       f"output; got {names}")
-        # Upper triangular, so a forward sweep visits vertices in topological order.
-        from_input = np.zeros(n, bool)
-        from_input[0] = True
+        # Plain Python from here: for these tiny graphs it is several times faster than numpy,
+        # which matters to neighbors(). Upper triangular, so a forward sweep is topological.
+        rows = [[int(x) for x in row] for row in m.tolist()]
+        from_input = [True] + [False] * (n - 1)
         for v in range(1, n):
-            from_input[v] = (m[:v, v].astype(bool) & from_input[:v]).any()
-        to_output = np.zeros(n, bool)
-        to_output[-1] = True
+            from_input[v] = any(rows[u][v] and from_input[u] for u in range(v))
+        to_output = [False] * (n - 1) + [True]
         for v in range(n - 2, -1, -1):
-            to_output[v] = (m[v, v + 1:].astype(bool) & to_output[v + 1:]).any()
+            to_output[v] = any(rows[v][w] and to_output[w] for w in range(v + 1, n))
         if not from_input[-1]:
             raise InvalidArchitectureError("no path from input to output")
-        keep = np.flatnonzero(from_input & to_output)
-        pruned = m[np.ix_(keep, keep)]
-        if len(keep) > MAX_VERTICES or pruned.sum() > MAX_EDGES:
-            raise InvalidArchitectureError(f"pruned graph has {len(keep)} vertices and {int(pruned.sum())} "
-                                      f"edges; NB101 allows {MAX_VERTICES} and {MAX_EDGES}")
-        return cls(tuple(tuple(int(x) for x in row) for row in pruned), tuple(names[i] for i in keep))
+        keep = [v for v in range(n) if from_input[v] and to_output[v]]
+        pruned = tuple(tuple(rows[u][w] for w in keep) for u in keep)
+        edges = sum(map(sum, pruned))
+        if len(keep) > MAX_VERTICES or edges > MAX_EDGES:
+            raise InvalidArchitectureError(f"pruned graph has {len(keep)} vertices and {edges} "
+                                           f"edges; NB101 allows {MAX_VERTICES} and {MAX_EDGES}")
+        return cls(pruned, tuple(names[i] for i in keep))
 
 
 def _op_name(op: str | int) -> str:
@@ -128,15 +129,16 @@ def _md5(text: str) -> str:
 @lru_cache(maxsize=1 << 16)
 def module_hash(arch: Nb101Arch) -> str:
     """NB101's graph_util.hash_module: Weisfeiler-Lehman over md5 strings of the pruned graph."""
-    m = np.asarray(arch.matrix)
     n = len(arch.ops)
+    # Plain lists: indexing a numpy array per entry would dominate the cost of neighbors().
+    preds = [[u for u in range(n) if arch.matrix[u][v]] for v in range(n)]
+    succs = [[w for w in range(n) if arch.matrix[v][w]] for v in range(n)]
     # The str() of python-int tuples and of the sorted list must match the official byte strings.
-    hashes = [_md5(str((int(m[v].sum()), int(m[:, v].sum()), _HASH_LABEL[op])))
-              for v, op in enumerate(arch.ops)]
+    hashes = [_md5(str((len(succs[v]), len(preds[v]), _HASH_LABEL[op]))) for v, op in enumerate(arch.ops)]
     # n rounds exceed the diameter, so the hash sees the whole graph (the official count too).
     for _ in range(n):
-        hashes = [_md5("".join(sorted(hashes[u] for u in range(n) if m[u, v])) + "|"
-                       + "".join(sorted(hashes[w] for w in range(n) if m[v, w])) + "|" + hashes[v])
+        hashes = [_md5("".join(sorted(hashes[u] for u in preds[v])) + "|"
+                       + "".join(sorted(hashes[w] for w in succs[v])) + "|" + hashes[v])
                   for v in range(n)]
     return _md5(str(sorted(hashes)))
 
@@ -250,27 +252,51 @@ class NasBench101Space(SearchSpace):
         return mask
 
     def neighbors(self, arch: Nb101Arch) -> list[Nb101Arch]:
-        """Change one inner op, or flip one edge among the existing vertices (then prune).
+        """Every valid cell one edit away, pruned, in a fixed order. The edits are:
 
-        Neighbours are distinct by key and never share ``arch``'s key. The 2-vertex cell
-        (input -> output) has none: it has no inner op and removing its edge disconnects it.
+        * change the op of one inner vertex;
+        * flip one edge among the existing vertices (add it or remove it);
+        * split an edge i->j into i->v->j through a new inner vertex v carrying any of the 3 ops
+          (only while the cell has fewer than 7 vertices and 9 edges);
+        * remove an inner vertex, wiring each of its predecessors to each of its successors
+          (the inverse of a split; only if at most 9 edges result).
+
+        Neighbours are distinct by key and never share ``arch``'s key. Every valid cell has at
+        least one: a cell with an inner vertex can change its op, and the 2-vertex cell
+        (input -> output) can split its edge.
         """
         n = arch.num_vertices
-        candidates = []
+        matrix = np.asarray(arch.matrix)
+        candidates: list[tuple[np.ndarray | tuple, tuple[str, ...]]] = []
         for v in range(1, n - 1):
             for op in INNER_OPS:
                 if op != arch.ops[v]:
-                    candidates.append((arch.matrix, arch.ops[:v] + (op,) + arch.ops[v + 1:]))
+                    candidates.append((matrix, arch.ops[:v] + (op,) + arch.ops[v + 1:]))
         for i in range(n):
             for j in range(i + 1, n):
-                matrix = [list(row) for row in arch.matrix]
-                matrix[i][j] = 1 - matrix[i][j]
-                candidates.append((matrix, arch.ops))
+                flipped = matrix.copy()
+                flipped[i, j] = 1 - flipped[i, j]
+                candidates.append((flipped, arch.ops))
+        if n < MAX_VERTICES and matrix.sum() < MAX_EDGES:
+            for i, j in zip(*np.nonzero(matrix), strict=True):
+                # The new vertex takes index j (old j onwards shift by one), so i < j < j + 1
+                # keeps the matrix upper triangular.
+                split = np.insert(np.insert(matrix, j, 0, axis=0), j, 0, axis=1)
+                split[i, j + 1] = 0
+                split[i, j] = split[j, j + 1] = 1
+                for op in INNER_OPS:
+                    candidates.append((split, arch.ops[:j] + (op,) + arch.ops[j:]))
+        for v in range(1, n - 1):
+            bypassed = matrix.copy()
+            # Predecessors have indices below v and successors above it: still upper triangular.
+            bypassed[np.ix_(matrix[:, v] == 1, matrix[v] == 1)] = 1
+            keep = np.arange(n) != v
+            candidates.append((bypassed[np.ix_(keep, keep)], arch.ops[:v] + arch.ops[v + 1:]))
         seen = {self.key(arch)}
         out = []
-        for matrix, ops in candidates:
+        for candidate, ops in candidates:
             try:
-                neighbour = Nb101Arch.from_graph(matrix, ops)
+                neighbour = Nb101Arch.from_graph(candidate, ops)
             except InvalidArchitectureError:
                 continue
             if self.key(neighbour) not in seen:

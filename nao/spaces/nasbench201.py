@@ -83,6 +83,11 @@ class NasBench201Space(SearchSpace):
         mask[:, 1:] = True
         return mask
 
+    def graph(self, arch: Arch) -> tuple[list[str], list[tuple[int, int, str]]]:
+        # 'none' edges carry nothing, so they are left out of the drawing.
+        edges = [(src, dst, OP_NAMES[op]) for (src, dst), op in zip(EDGES, arch) if op != 0]
+        return ["input", "node 1", "node 2", "output"], edges
+
     def neighbors(self, arch: Arch) -> list[Arch]:
         out = []
         for edge in range(self.num_edges):

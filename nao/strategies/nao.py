@@ -30,11 +30,12 @@ class NaoOptions:
     acquisition: str = "its"  # its | mean | ucb | none (first decoded first, as the paper)
     ucb_kappa: float = 1.0
     targets: str = "rank"  # rank | minmax (the paper's)
-    neighbor_seeds: int = 0  # > 0: also offer the one-edit neighbours of the best n as candidates
+    neighbor_seeds: int = 3  # > 0: also offer the one-edit neighbours of the best n as candidates
 
 
 NAO_PRESETS: dict[str, NaoOptions] = {
     "paper": NaoOptions(init_size=50, per_iteration=50, top_k=100, max_eta=100, acquisition="none",
+                        neighbor_seeds=0,
                         targets="minmax"),
     "default": NaoOptions(),
     "smoke": NaoOptions(init_size=4, per_iteration=4, top_k=4, etas=(1, 4, 16)),

@@ -1,0 +1,101 @@
+"""NAO against random search, regularized evolution and local search on NAS-Bench-201.
+
+Prints, for every strategy side by side: mean +- std test accuracy of the
+best-by-validation architecture after 50/100/150/300 queries over many seeds,
+the share of seeds that found the optimum, and wall time; then the controller
+predictor's Kendall tau on held-out architectures against the number of
+training architectures.
+
+    python benchmarks/nb201_search.py                 # 50 seeds, 300 queries, all strategies
+    python benchmarks/nb201_search.py --seeds=10 --strategies=nao --preset=paper
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from scipy.stats import kendalltau
+
+from data.nasbench import load_nb201_table
+from nao.controller import Controller, get_preset
+from nao.evaluators import Nb201TableEvaluator
+from nao.history import History
+from nao.search import best_so_far, search
+from nao.spaces import NasBench201Space
+from nao.strategies import NAO_PRESETS, STRATEGIES, make_strategy
+from nao.strategies.nao import normalize_targets
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("seeds", 50, "Seeds per strategy.")
+flags.DEFINE_integer("queries", 300, "Budget per search.")
+flags.DEFINE_list("strategies", list(STRATEGIES), "Strategies to compare.")
+flags.DEFINE_string("preset", "default", "Controller/NAO preset for the nao strategy.")
+flags.DEFINE_list("tau_sizes", ["50", "100", "200", "500", "1000"], "Training-set sizes for Kendall tau.")
+flags.DEFINE_integer("tau_repeats", 3, "Random training sets per size.")
+flags.DEFINE_integer("tau_holdout", 2000, "Held-out architectures scored for Kendall tau.")
+
+CHECKPOINTS = (50, 100, 150, 300)
+
+
+def search_table(space, evaluator, optimum: float) -> None:
+    print(f"\nNAS-Bench-201 CIFAR-10: test accuracy (%) of the best-by-validation architecture, "
+          f"{FLAGS.seeds} seeds, preset {FLAGS.preset!r} for nao")
+    points = [q for q in CHECKPOINTS if q <= FLAGS.queries]
+    header = " | ".join(f"@{q:<13d}" for q in points)
+    print(f"| strategy  | {header} | optimum found | wall s/seed | first seed @150 (s) |")
+    print("|" + "---|" * (len(points) + 4))
+    for name in FLAGS.strategies:
+        curves, walls, first_150 = [], [], None
+        for seed in range(FLAGS.seeds):
+            strategy = make_strategy(name, space, seed, get_preset(FLAGS.preset), NAO_PRESETS[FLAGS.preset])
+            start = time.perf_counter()
+            rows = search(space, strategy, evaluator, FLAGS.queries, History(None))
+            walls.append(time.perf_counter() - start)
+            if seed == 0 and len(rows) >= 150:
+                first_150 = rows[149]["elapsed"]  # includes compilation
+            curves.append(best_so_far(rows)[1])
+        curves = np.asarray(curves)
+        cells = " | ".join(f"{curves[:, q - 1].mean():.2f} +- {curves[:, q - 1].std():.2f}" for q in points)
+        hit = np.mean(np.isclose(curves[:, -1], optimum))
+        first = f"{first_150:.1f}" if first_150 is not None else "-"
+        print(f"| {name:9s} | {cells} | {hit:5.0%} | {np.mean(walls):.2f} | {first} |", flush=True)
+
+
+def tau_table(space, table) -> None:
+    print(f"\nPredictor Kendall tau on {FLAGS.tau_holdout} held-out architectures (validation accuracy), "
+          f"mean of {FLAGS.tau_repeats} random training sets")
+    print("| preset | " + " | ".join(f"n={n}" for n in FLAGS.tau_sizes) + " |")
+    print("|---|" + "---|" * len(FLAGS.tau_sizes))
+    tokens = space.tokens_batch([tuple(int(o) for o in row) for row in table.ops])
+    for preset in ("default", "paper"):
+        config = get_preset(preset)
+        cells = []
+        for size in map(int, FLAGS.tau_sizes):
+            taus = []
+            for repeat in range(FLAGS.tau_repeats):
+                rows = np.random.default_rng(repeat).permutation(len(tokens))
+                train, held_out = rows[:size], rows[size:size + FLAGS.tau_holdout]
+                controller = Controller(space, config, jax.random.key(repeat))
+                controller.fit(tokens[train], normalize_targets(table.valid[train], NAO_PRESETS[preset].targets),
+                               jax.random.key(repeat + 1))
+                predicted = controller.predict(tokens[held_out]).mean(0)
+                taus.append(kendalltau(predicted, table.valid[held_out])[0])
+            cells.append(f"{np.mean(taus):.3f}")
+        print(f"| {preset} | " + " | ".join(cells) + " |", flush=True)
+
+
+def main(argv) -> None:
+    del argv
+    table = load_nb201_table()
+    space = NasBench201Space()
+    search_table(space, Nb201TableEvaluator(table), float(table.test[np.argmax(table.valid)]))
+    if FLAGS.tau_sizes and FLAGS.tau_sizes != [""]:
+        tau_table(space, table)
+
+
+if __name__ == "__main__":
+    app.run(main)
