@@ -67,7 +67,8 @@ _NAO_FLAGS = {
 for _name, (_define, _help) in {**_CONTROLLER_FLAGS, **_NAO_FLAGS}.items():
     _define(_name, None, _help)
 
-_USER_ERRORS = (ValueError, BenchmarkFileError, RunDirError, HistoryError, SearchError, InvalidArchitectureError)
+_USER_ERRORS = (ValueError, BenchmarkFileError, RunDirError, HistoryError, SearchError,
+                InvalidArchitectureError)
 
 
 def build_config() -> ExperimentConfig:
@@ -110,13 +111,13 @@ def main(argv: list[str]) -> int:
     except _USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    metric = "test" if all("final_test_mean" in e for e in summary["strategies"].values()) else "valid"
     print(f"\n{summary['space']}, {summary['queries']} queries, {summary['seeds']} seed(s); "
-          f"test accuracy of the best-by-validation architecture:")
+          f"{metric} accuracy of the best-by-validation architecture:")
     for name, entry in summary["strategies"].items():
-        if "final_test_mean" in entry:
-            print(f"  {name:10s} {entry['final_test_mean']:6.2f} +- {entry['final_test_std']:.2f}")
-    if "optimum_test" in summary:
-        print(f"  {'optimum':10s} {summary['optimum_test']:6.2f}")
+        print(f"  {name:10s} {entry[f'final_{metric}_mean']:6.2f} +- {entry[f'final_{metric}_std']:.2f}")
+    if f"optimum_{metric}" in summary:
+        print(f"  {'optimum':10s} {summary[f'optimum_{metric}']:6.2f}")
     print(f"results, curves and plots in {output_dir}")
     return 0
 

@@ -12,7 +12,6 @@ training architectures.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import jax
@@ -80,8 +79,8 @@ def tau_table(space, table) -> None:
                 rows = np.random.default_rng(repeat).permutation(len(tokens))
                 train, held_out = rows[:size], rows[size:size + FLAGS.tau_holdout]
                 controller = Controller(space, config, jax.random.key(repeat))
-                controller.fit(tokens[train], normalize_targets(table.valid[train], NAO_PRESETS[preset].targets),
-                               jax.random.key(repeat + 1))
+                targets = normalize_targets(table.valid[train], NAO_PRESETS[preset].targets)
+                controller.fit(tokens[train], targets, jax.random.key(repeat + 1))
                 predicted = controller.predict(tokens[held_out]).mean(0)
                 taus.append(kendalltau(predicted, table.valid[held_out])[0])
             cells.append(f"{np.mean(taus):.3f}")

@@ -61,8 +61,11 @@ def load_nb201_table(path: str | os.PathLike | None = None, valid_key: str = "ci
     if "ops" not in arrays:
         raise BenchmarkFileError(f"{path} has no 'ops' array: an NB201 table needs ops (15625, 6) uint8")
     ops = arrays["ops"]
-    if ops.shape != (NB201_SIZE, 6) or ops.max() > 4:
-        raise BenchmarkFileError(f"{path}: 'ops' has shape {ops.shape} and max {ops.max()}, "
+    if ops.shape != (NB201_SIZE, 6) or ops.dtype.kind not in "iu":
+        raise BenchmarkFileError(f"{path}: 'ops' has shape {ops.shape} and dtype {ops.dtype}, "
+                                 f"expected ({NB201_SIZE}, 6) op ids in 0..4")
+    if ops.min() < 0 or ops.max() > 4:
+        raise BenchmarkFileError(f"{path}: 'ops' holds op ids from {ops.min()} to {ops.max()}, "
                                  f"expected ({NB201_SIZE}, 6) op ids in 0..4")
     floats = sorted(k for k, v in arrays.items() if v.shape == (NB201_SIZE,) and v.dtype.kind == "f")
     picked = {}

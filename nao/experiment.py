@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from data.nasbench import load_nb201_table
+from data.nasbench import NB101_SAMPLE, load_nb201_table
 from nao.controller import ControllerConfig, get_preset
 from nao.evaluators import Evaluator, Nb201TableEvaluator
+from nao.evaluators.nb101_table import nb101_table_space_and_evaluator
 from nao.history import History
 from nao.search import Progress, best_so_far, search
 from nao.spaces import SearchSpace, get_space
@@ -85,7 +86,15 @@ def make_space_and_evaluator(config: ExperimentConfig) -> tuple[SearchSpace, Eva
         facts = {"table": table.path, "optimum_valid": float(table.valid.max()),
                  "optimum_test": float(table.test.max()), "test_of_best_valid": float(table.test[best])}
         return space, Nb201TableEvaluator(table), facts
-    raise ValueError(f"space {config.space!r} has no tabular evaluator here; use --space=nb201")
+    if config.space == "nb101":
+        # Only the shipped 292-cell sample exists here, so the search runs over those cells.
+        if config.benchmark_file is not None:
+            raise ValueError("--benchmark_file is for NB201 tables; --space=nb101 uses the shipped sample")
+        space, evaluator = nb101_table_space_and_evaluator()
+        best = int(np.argmax([evaluator.lookup(a)[0] for a in evaluator.archs]))
+        return space, evaluator, {"table": str(NB101_SAMPLE), "cells": len(evaluator),
+                                  "optimum_valid": evaluator.lookup(evaluator.archs[best])[0]}
+    raise ValueError(f"space {config.space!r} has no tabular evaluator here; use --space=nb201 or nb101")
 
 
 def _write_json(path: Path, payload: Any) -> None:
@@ -158,6 +167,9 @@ def summarize(config: ExperimentConfig, runs: dict[str, list[list[dict]]], space
         length = min(len(c) for c in valid_curves)
         valid = np.asarray([c[:length] for c in valid_curves], np.float64)
         entry["mean_valid_curve"] = valid.mean(0).round(6).tolist()
+        entry["std_valid_curve"] = valid.std(0).round(6).tolist()
+        entry["final_valid_mean"] = round(float(valid[:, -1].mean()), 6)
+        entry["final_valid_std"] = round(float(valid[:, -1].std()), 6)
         if all(v is not None for c in test_curves for v in c):
             test = np.asarray([c[:length] for c in test_curves], np.float64)
             entry["mean_test_curve"] = test.mean(0).round(6).tolist()
@@ -184,7 +196,7 @@ def run_experiment(config: ExperimentConfig, output_dir: str | os.PathLike, resu
             history = History(output_dir / "histories" / name / f"seed_{seed}.jsonl")
             start = time.perf_counter()
             if len(history.rows) >= config.queries:
-                rows = history.rows[:config.queries]
+                rows = sorted(history.rows, key=lambda r: r["query"])[:config.queries]
             else:
                 if history.rows:
                     log.info("%s seed %d: resuming after %d recorded queries", name, seed, len(history.rows))

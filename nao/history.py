@@ -43,6 +43,9 @@ class History:
                     break
                 raise HistoryError(f"{self.path}:{number} is not valid JSON ({err}); "
                                    "restore the file or start a new --output_dir") from err
+        else:
+            if data and not data.endswith(b"\n"):
+                self._rewrite(rows)  # a whole last row lacking its newline: the next append needs one
         return rows
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:

@@ -15,26 +15,27 @@ from nao.spaces.base import SearchSpace  # noqa: E402
 
 
 def plot_search_curves(summary: dict[str, Any], path: str | os.PathLike) -> None:
-    """Mean best-so-far test accuracy per query (band: +- one std over seeds)."""
+    """Mean best-so-far test accuracy per query (band: +- one std over seeds).
+
+    Tables without test figures are plotted on their validation figure instead."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     low = []
+    metric = "test" if all("mean_test_curve" in e for e in summary["strategies"].values()) else "valid"
     for name, entry in summary["strategies"].items():
-        if "mean_test_curve" not in entry:
-            continue
-        mean = entry["mean_test_curve"]
-        std = entry["std_test_curve"]
+        mean = entry[f"mean_{metric}_curve"]
+        std = entry[f"std_{metric}_curve"]
         queries = range(1, len(mean) + 1)
         ax.plot(queries, mean, label=f"{name} ({len(entry['seeds'])} seeds): {mean[-1]:.2f}")
         ax.fill_between(queries, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                         alpha=0.15)
         low.append(mean[min(len(mean) - 1, max(9, len(mean) // 10))])
-    if "optimum_test" in summary:
-        ax.axhline(summary["optimum_test"], color="k", ls="--", lw=0.8,
-                   label=f"optimum {summary['optimum_test']:.2f}")
+    optimum = summary.get(f"optimum_{metric}")
+    if optimum is not None:
+        ax.axhline(optimum, color="k", ls="--", lw=0.8, label=f"optimum {optimum:.2f}")
     if low:
-        ax.set_ylim(min(low) - 0.3, summary.get("optimum_test", max(low)) + 0.15)
+        ax.set_ylim(min(low) - 0.3, (optimum or max(low)) + 0.15)
     ax.set_xlabel("queries (architectures evaluated)")
-    ax.set_ylabel("test accuracy of best-by-validation arch (%)")
+    ax.set_ylabel(f"{metric} accuracy of best-by-validation arch (%)")
     ax.set_title(f"{summary['space']}: mean best-so-far over seeds")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
@@ -56,8 +57,9 @@ def draw_cell(space: SearchSpace, arch: Hashable, path: str | os.PathLike, title
     for source, target, label in edges:
         span = target - source
         rad = 0.0 if span == 1 else -0.25 - 0.1 * span
-        ax.annotate("", xy=(target - 0.15, 0), xytext=(source + 0.15, 0),
-                    arrowprops={"arrowstyle": "->", "connectionstyle": f"arc3,rad={rad}", "color": "#444"})
+        ax.annotate("", xy=(target, 0), xytext=(source, 0),
+                    arrowprops={"arrowstyle": "->", "connectionstyle": f"arc3,rad={rad}", "color": "#444",
+                                "shrinkA": 30, "shrinkB": 30})
         if label:
             height = 0.0 if span == 1 else 0.5 * abs(rad) * span
             ax.text((source + target) / 2, height + 0.06, label, ha="center", fontsize=8, color="#a22")

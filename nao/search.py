@@ -74,23 +74,28 @@ def search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, queries
         if not batch:
             raise SearchError(f"strategy {strategy.name!r} proposed no new architecture after "
                               f"{len(pool)} queries: the space may be exhausted; lower --queries")
-        fresh = []
-        for arch in batch:
+        # Rows are written as results arrive (in any order) but join the pool in proposal
+        # order, so the strategy sees the same pool whatever order a parallel evaluator answers in.
+        results: dict[int, dict[str, Any]] = {}
+        fresh, fresh_slots = [], []
+        for slot, arch in enumerate(batch):
             row = recorded.pop(space.key(arch), None)
             if row is None:
                 fresh.append(arch)
+                fresh_slots.append(slot)
             else:
                 replayed += 1
-                pool.add(arch, row["valid"])
-                rows.append(row)
+                results[slot] = row
         for position, result in evaluator.evaluate(fresh):
-            arch = fresh[position]
-            row = {"query": len(pool) + 1, "arch": space.to_string(arch), "key": space.key(arch),
+            arch, slot = fresh[position], fresh_slots[position]
+            row = {"query": len(pool) + slot + 1, "arch": space.to_string(arch), "key": space.key(arch),
                    "valid": result.valid, "test": result.test, "cost": result.cost,
                    "elapsed": time.perf_counter() - start}
             history.append(row)
-            pool.add(arch, result.valid)
-            rows.append(row)
+            results[slot] = row
+        for slot, arch in enumerate(batch):
+            pool.add(arch, results[slot]["valid"])
+            rows.append(results[slot])
         if on_progress is not None:
             valid_curve, test_curve = best_so_far(rows)
             on_progress(Progress(len(pool), queries, valid_curve[-1], test_curve[-1],

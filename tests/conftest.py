@@ -1,6 +1,6 @@
 """Shared fixtures: the NAS-Bench-201 space and table, and one small controller config.
 
-Every controller test and the NAO strategy use ``SMALL_CONTROLLER``, so the jitted
+Every controller test and the NAO strategy use ``small_controller``, so the jitted
 fit / predict / generate functions compile once per pytest session.
 """
 
@@ -15,6 +15,11 @@ from nao.spaces import NasBench201Space
 
 SMALL_CONTROLLER = ControllerConfig(emb_size=16, hidden_size=32, mlp_layers=1, mlp_hidden=32,
                                     ensemble=2, batch_size=32, epochs=5)
+
+
+@pytest.fixture(scope="session")
+def small_controller() -> ControllerConfig:
+    return SMALL_CONTROLLER
 
 
 @pytest.fixture(scope="session")

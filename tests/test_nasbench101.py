@@ -280,11 +280,11 @@ def test_neighbors_respect_the_size_limits(space):
     # 7 vertices: no split may add an eighth.
     full = chain(CONV3X3, CONV3X3, CONV1X1, MAXPOOL3X3, CONV3X3)
     assert max(a.num_vertices for a in space.neighbors(full)) == 7
-    # 6 vertices and 9 edges: a split would make a tenth edge; bypassing vertex 1 would make 10.
+    # 6 vertices and 9 edges: a split would make a tenth edge, and so would bypassing vertex 3
+    # (3 predecessors times 2 successors replace its 5 edges).
     matrix = np.zeros((6, 6), int)
-    matrix[0, 1:5] = 1
-    matrix[1:5, 5] = 1
-    matrix[1, 2] = 1
+    for i, j in [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3), (3, 4), (3, 5), (4, 5)]:
+        matrix[i, j] = 1
     nine = Nb101Arch.from_graph(matrix, [INPUT, CONV3X3, CONV3X3, CONV1X1, MAXPOOL3X3, OUTPUT])
     assert np.sum(nine.matrix) == 9
     options = space.neighbors(nine)

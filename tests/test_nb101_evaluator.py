@@ -9,8 +9,8 @@ import pytest
 
 from data.nasbench import NB101_SAMPLE, BenchmarkFileError
 from nao.evaluators.nb101_table import (
-    NotInTableError,
     Nb101TableEvaluator,
+    NotInTableError,
     TableRestrictedSpace,
     load_nb101_table,
     nb101_table_space_and_evaluator,
@@ -211,7 +211,9 @@ def nan_valid(raw):
     (lambda raw: with_array(raw, "num_vertices", raw["num_vertices"][:10]), {}, "do not fit"),
     (lambda raw: with_array(raw, "adjacency", raw["adjacency"].astype(float)), {}, "do not fit"),
     (bad_row, {}, "row 3 is not a valid NB101 cell .*no path"),
-    (lambda raw: with_array(raw, "op_names", raw["op_names"][:3]), {}, "row 0 .*op id"),
+    (lambda raw: with_array(raw, "op_names", raw["op_names"][:3]), {}, r"row 0 .*op id \d does not index"),
+    (lambda raw: with_array(raw, "ops", np.where(raw["ops"] == 4, -1, raw["ops"]).astype(np.int8)), {},
+     "row 0 .*op id -1 does not index"),
     (lambda raw: raw, {"valid_key": "test_acc"},
      "'test_acc' does not exist; set --valid_key to one of flops_m, params_m, " + VALID),
     (lambda raw: raw, {"test_key": "hash"}, r"'hash' has shape \(500,\) and dtype <U32.*--test_key"),

@@ -251,6 +251,11 @@ class NasBench101Space(SearchSpace):
             mask[start + j, list(_TOKEN_OP)] = True
         return mask
 
+    def graph(self, arch: Nb101Arch) -> tuple[list[str], list[tuple[int, int, str]]]:
+        n = arch.num_vertices
+        edges = [(i, j, "") for i in range(n) for j in range(i + 1, n) if arch.matrix[i][j]]
+        return [op.replace("-bn-relu", "") for op in arch.ops], edges
+
     def neighbors(self, arch: Nb101Arch) -> list[Nb101Arch]:
         """Every valid cell one edit away, pruned, in a fixed order. The edits are:
 
@@ -265,41 +270,48 @@ class NasBench101Space(SearchSpace):
         least one: a cell with an inner vertex can change its op, and the 2-vertex cell
         (input -> output) can split its edge.
         """
-        n = arch.num_vertices
-        matrix = np.asarray(arch.matrix)
-        candidates: list[tuple[np.ndarray | tuple, tuple[str, ...]]] = []
-        for v in range(1, n - 1):
+        return list(_neighbors(arch))
+
+
+# Local search asks for the same cell's neighbourhood again on every proposal.
+@lru_cache(maxsize=1 << 12)
+def _neighbors(arch: Nb101Arch) -> tuple[Nb101Arch, ...]:
+    """``NasBench101Space.neighbors``, cached."""
+    n = arch.num_vertices
+    matrix = np.asarray(arch.matrix)
+    candidates: list[tuple[np.ndarray | tuple, tuple[str, ...]]] = []
+    for v in range(1, n - 1):
+        for op in INNER_OPS:
+            if op != arch.ops[v]:
+                candidates.append((matrix, arch.ops[:v] + (op,) + arch.ops[v + 1:]))
+    for i in range(n):
+        for j in range(i + 1, n):
+            flipped = matrix.copy()
+            flipped[i, j] = 1 - flipped[i, j]
+            candidates.append((flipped, arch.ops))
+    if n < MAX_VERTICES and matrix.sum() < MAX_EDGES:
+        for i, j in zip(*np.nonzero(matrix), strict=True):
+            # The new vertex takes index j (old j onwards shift by one), so i < j < j + 1
+            # keeps the matrix upper triangular.
+            split = np.insert(np.insert(matrix, j, 0, axis=0), j, 0, axis=1)
+            split[i, j + 1] = 0
+            split[i, j] = split[j, j + 1] = 1
             for op in INNER_OPS:
-                if op != arch.ops[v]:
-                    candidates.append((matrix, arch.ops[:v] + (op,) + arch.ops[v + 1:]))
-        for i in range(n):
-            for j in range(i + 1, n):
-                flipped = matrix.copy()
-                flipped[i, j] = 1 - flipped[i, j]
-                candidates.append((flipped, arch.ops))
-        if n < MAX_VERTICES and matrix.sum() < MAX_EDGES:
-            for i, j in zip(*np.nonzero(matrix), strict=True):
-                # The new vertex takes index j (old j onwards shift by one), so i < j < j + 1
-                # keeps the matrix upper triangular.
-                split = np.insert(np.insert(matrix, j, 0, axis=0), j, 0, axis=1)
-                split[i, j + 1] = 0
-                split[i, j] = split[j, j + 1] = 1
-                for op in INNER_OPS:
-                    candidates.append((split, arch.ops[:j] + (op,) + arch.ops[j:]))
-        for v in range(1, n - 1):
-            bypassed = matrix.copy()
-            # Predecessors have indices below v and successors above it: still upper triangular.
-            bypassed[np.ix_(matrix[:, v] == 1, matrix[v] == 1)] = 1
-            keep = np.arange(n) != v
-            candidates.append((bypassed[np.ix_(keep, keep)], arch.ops[:v] + arch.ops[v + 1:]))
-        seen = {self.key(arch)}
-        out = []
-        for candidate, ops in candidates:
-            try:
-                neighbour = Nb101Arch.from_graph(candidate, ops)
-            except InvalidArchitectureError:
-                continue
-            if self.key(neighbour) not in seen:
-                seen.add(self.key(neighbour))
-                out.append(neighbour)
-        return out
+                candidates.append((split, arch.ops[:j] + (op,) + arch.ops[j:]))
+    for v in range(1, n - 1):
+        bypassed = matrix.copy()
+        # Predecessors have indices below v and successors above it: still upper triangular.
+        bypassed[np.ix_(matrix[:, v] == 1, matrix[v] == 1)] = 1
+        keep = np.arange(n) != v
+        candidates.append((bypassed[np.ix_(keep, keep)], arch.ops[:v] + arch.ops[v + 1:]))
+    seen = {module_hash(arch)}
+    out = []
+    for candidate, ops in candidates:
+        try:
+            neighbour = Nb101Arch.from_graph(candidate, ops)
+        except InvalidArchitectureError:
+            continue
+        if module_hash(neighbour) not in seen:
+            seen.add(module_hash(neighbour))
+            out.append(neighbour)
+    return tuple(out)

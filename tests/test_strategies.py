@@ -1,0 +1,357 @@
+"""Every strategy through the search loop on the NB201 table; replay, history, strategy details."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from nao.evaluators import Evaluation, Evaluator
+from nao.history import History, HistoryError
+from nao.search import SearchError, best_so_far, search
+from nao.spaces.base import InvalidArchitectureError, SearchSpace
+from nao.strategies import NAO_PRESETS, STRATEGIES, make_strategy
+from nao.strategies.evolution import RegularizedEvolution
+from nao.strategies.local_search import LocalSearch
+from nao.strategies.nao import normalize_targets
+
+BUDGET = 30
+
+
+@pytest.fixture(scope="session")
+def make(small_controller):
+    """make(name, space, seed): a strategy; NAO with the shared small controller and smoke options."""
+
+    def make(name: str, space, seed: int):
+        return make_strategy(name, space, seed, controller=small_controller,
+                             nao_options=NAO_PRESETS["smoke"])
+
+    return make
+
+
+class CountingEvaluator(Evaluator):
+    """Delegates, remembering every architecture it was asked for; ``reverse`` yields
+    each batch's results last first (evaluators may answer in any order)."""
+
+    def __init__(self, inner: Evaluator, reverse: bool = False):
+        self.inner = inner
+        self.reverse = reverse
+        self.asked: list = []
+
+    def evaluate(self, archs: Sequence):
+        self.asked.extend(archs)
+        results = list(self.inner.evaluate(archs))
+        return iter(results[::-1] if self.reverse else results)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, make, nb201_space, nb201_evaluator):
+    """run(name, seed, tag) -> (rows, history path); each distinct call searches once."""
+    done: dict = {}
+
+    def run(name: str, seed: int, tag: str = "") -> tuple[list[dict], object]:
+        if (name, seed, tag) not in done:
+            path = tmp_path_factory.mktemp(f"{name}-{seed}{tag}") / "history.jsonl"
+            rows = search(nb201_space, make(name, nb201_space, seed), nb201_evaluator, BUDGET, History(path))
+            done[name, seed, tag] = rows, path
+        return done[name, seed, tag]
+
+    return run
+
+
+def arch_sequence(rows) -> list[str]:
+    return [row["arch"] for row in rows]
+
+
+# --- the search loop, every strategy --------------------------------------------------------------
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_search_spends_the_budget_on_distinct_table_rows(run, name, nb201_space, nb201_table):
+    rows, path = run(name, 0)
+    assert len(rows) == BUDGET
+    assert [row["query"] for row in rows] == list(range(1, BUDGET + 1))
+    keys = [row["key"] for row in rows]
+    assert len(set(keys)) == BUDGET
+    assert History(path).rows == rows
+    assert len(path.read_text().splitlines()) == BUDGET
+    index = nb201_table.index_of()
+    for row in rows:
+        arch = nb201_space.from_string(row["arch"])
+        assert row["key"] == nb201_space.key(arch)
+        assert row["valid"] == float(nb201_table.valid[index[arch]])
+        assert row["test"] == float(nb201_table.test[index[arch]])
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_same_seed_same_sequence_other_seed_other_sequence(run, name):
+    first = arch_sequence(run(name, 0)[0])
+    assert arch_sequence(run(name, 0, "again")[0]) == first
+    assert arch_sequence(run(name, 1)[0]) != first
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_best_so_far_is_monotone_and_reports_the_best_valid_test(run, name):
+    rows, _ = run(name, 0)
+    valid_curve, test_curve = best_so_far(rows)
+    assert len(valid_curve) == len(test_curve) == BUDGET
+    assert all(b >= a for a, b in itertools.pairwise(valid_curve))
+    for i in range(BUDGET):
+        best = max(rows[:i + 1], key=lambda row: row["valid"])  # first of equals, as the curve keeps
+        assert valid_curve[i] == best["valid"]
+        assert test_curve[i] == best["test"]
+
+
+def test_best_so_far_keeps_the_first_of_equal_valid_scores():
+    rows = [{"valid": 1.0, "test": 5.0}, {"valid": 1.0, "test": 9.0}, {"valid": 0.5, "test": 9.0},
+            {"valid": 2.0, "test": 3.0}]
+    assert best_so_far(rows) == ([1.0, 1.0, 1.0, 2.0], [5.0, 5.0, 5.0, 3.0])
+    assert best_so_far([]) == ([], [])
+
+
+@pytest.mark.parametrize("cut", [12, 13])
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_resume_replays_the_history_and_evaluates_only_the_rest(run, make, name, cut, tmp_path, nb201_space,
+                                                               nb201_evaluator):
+    full_rows, full_path = run(name, 0)
+    lines = full_path.read_text().splitlines(keepends=True)
+    path = tmp_path / "history.jsonl"
+    path.write_text("".join(lines[:cut]))
+    history = History(path)
+    assert len(history.rows) == cut
+    evaluator = CountingEvaluator(nb201_evaluator)
+    rows = search(nb201_space, make(name, nb201_space, 0), evaluator, BUDGET, history)
+    assert arch_sequence(rows) == arch_sequence(full_rows)
+    assert [(r["valid"], r["test"]) for r in rows] == [(r["valid"], r["test"]) for r in full_rows]
+    assert [nb201_space.to_string(a) for a in evaluator.asked] == arch_sequence(full_rows)[cut:]
+    assert path.read_text().splitlines(keepends=True)[:cut] == lines[:cut]
+    assert arch_sequence(History(path).rows) == arch_sequence(full_rows)
+
+
+def test_resume_with_an_out_of_order_evaluator_matches_the_uninterrupted_run(make, tmp_path, nb201_space,
+                                                                            nb201_evaluator):
+    """Evaluators may yield a batch's results in any order. A resumed NAO run must still
+    propose what the uninterrupted run proposed, so it replays instead of re-evaluating."""
+    full = search(nb201_space, make("nao", nb201_space, 0), CountingEvaluator(nb201_evaluator, reverse=True),
+                  BUDGET, History(tmp_path / "full.jsonl"))
+    cut = 12
+    lines = (tmp_path / "full.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "resumed.jsonl").write_text("".join(lines[:cut]))
+    evaluator = CountingEvaluator(nb201_evaluator, reverse=True)
+    resumed = search(nb201_space, make("nao", nb201_space, 0), evaluator, BUDGET,
+                     History(tmp_path / "resumed.jsonl"))
+    assert sorted(arch_sequence(resumed)) == sorted(arch_sequence(full))
+    assert len(evaluator.asked) == BUDGET - cut
+
+
+# --- history --------------------------------------------------------------------------------------
+
+def history_rows(count: int) -> list[dict]:
+    return [{"query": i + 1, "arch": f"a{i}", "key": f"a{i}", "valid": 0.5 + i, "test": None, "cost": 0.0,
+             "elapsed": 0.1} for i in range(count)]
+
+
+def test_history_drops_a_torn_last_line(tmp_path):
+    path = tmp_path / "history.jsonl"
+    good = history_rows(3)
+    path.write_text("".join(json.dumps(r) + "\n" for r in good) + '{"query": 4, "arch": "a3", "ke')
+    history = History(path)
+    assert history.rows == good
+    assert path.read_text() == "".join(json.dumps(r) + "\n" for r in good)  # the torn bytes are gone
+    extra = history_rows(4)[3]
+    history.append(extra)
+    assert History(path).rows == good + [extra]
+
+
+def test_history_row_missing_only_its_newline_survives_the_next_append(tmp_path):
+    """A write torn between a row's JSON and its newline leaves a parsable last row;
+    the next append must not glue its row onto that line."""
+    path = tmp_path / "history.jsonl"
+    rows = history_rows(4)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:3]) + json.dumps(rows[3]))
+    history = History(path)
+    assert len(history.rows) in (3, 4)
+    history.append(history_rows(5)[4])
+    reloaded = History(path).rows
+    assert reloaded == history.rows
+    assert reloaded[-1] == history_rows(5)[4]
+
+
+@pytest.mark.parametrize("bad_line", [2, 3])
+def test_history_corrupt_line_raises(tmp_path, bad_line):
+    """Damage in the middle, or a complete (newline-terminated) last line that is not JSON."""
+    path = tmp_path / "history.jsonl"
+    lines = [json.dumps(r) + "\n" for r in history_rows(3)]
+    lines[bad_line - 1] = '{"query": 2, "arch": \n'
+    path.write_text("".join(lines))
+    before = path.read_bytes()
+    with pytest.raises(HistoryError) as info:
+        History(path)
+    message = str(info.value)
+    assert f"{path}:{bad_line}" in message and "\n" not in message
+    assert path.read_bytes() == before  # never rewritten on an error
+
+
+def test_history_missing_file_starts_empty_and_creates_on_append(tmp_path):
+    path = tmp_path / "sub" / "history.jsonl"
+    history = History(path)
+    assert history.rows == [] and not path.exists()
+    history.append(history_rows(1)[0])
+    assert History(path).rows == history_rows(1)
+
+
+# --- strategy details -----------------------------------------------------------------------------
+
+class BitSpace(SearchSpace):
+    """A tiny space for exhaustive runs: 4 bits, 16 architectures, neighbours = one bit flipped."""
+
+    name = "bits"
+    vocab_size = 3
+    seq_len = 4
+
+    def sample(self, rng):
+        return tuple(int(b) for b in rng.integers(0, 2, self.seq_len))
+
+    def is_valid(self, arch):
+        return isinstance(arch, tuple) and len(arch) == self.seq_len and set(arch) <= {0, 1}
+
+    def key(self, arch):
+        return self.to_string(arch)
+
+    def to_string(self, arch):
+        return "".join(map(str, arch))
+
+    def from_string(self, text):
+        if len(text) != self.seq_len or set(text) - {"0", "1"}:
+            raise InvalidArchitectureError(f"bad arch {text!r}: expected {self.seq_len} bits")
+        return tuple(int(c) for c in text)
+
+    def to_tokens(self, arch):
+        return np.asarray(arch, np.int32) + 1
+
+    def from_tokens(self, tokens):
+        tokens = np.asarray(tokens)
+        return tuple(int(t) - 1 for t in tokens) if set(tokens.tolist()) <= {1, 2} else None
+
+    def token_mask(self):
+        mask = np.ones((self.seq_len, self.vocab_size), bool)
+        mask[:, 0] = False
+        return mask
+
+    def neighbors(self, arch):
+        return [arch[:i] + (1 - arch[i],) + arch[i + 1:] for i in range(self.seq_len)]
+
+
+class BitEvaluator(Evaluator):
+    def __init__(self, seed: int = 0):
+        self.scores = dict(zip(itertools.product((0, 1), repeat=4),
+                               np.random.default_rng(seed).permutation(16).tolist(), strict=True))
+
+    def evaluate(self, archs):
+        for position, arch in enumerate(archs):
+            yield position, Evaluation(float(self.scores[arch]), None, 0.0)
+
+
+class RecordingLocalSearch(LocalSearch):
+    def __init__(self, space, seed):
+        super().__init__(space, seed)
+        self.log: list = []
+
+    def propose(self, pool, count):
+        before = self.current
+        proposed = super().propose(pool, count)
+        self.log.append((before, self.current, list(proposed), dict(zip(pool.archs, pool.scores))))
+        return proposed
+
+
+def climb(space, arch, scores):
+    """Follow the best evaluated better neighbour until there is none."""
+    while True:
+        better = [n for n in space.neighbors(arch) if n in scores and scores[n] > scores[arch]]
+        if not better:
+            return arch
+        arch = max(better, key=scores.get)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_local_search_proposes_neighbours_of_the_current_arch_until_a_restart(tmp_path, seed):
+    space = BitSpace()
+    strategy = RecordingLocalSearch(space, seed)
+    rows = search(space, strategy, BitEvaluator(seed), 16, History(tmp_path / "h.jsonl"))
+    assert sorted(r["key"] for r in rows) == sorted(space.to_string(a) for a in BitEvaluator().scores)
+    restarts = 0
+    for before, after, proposed, scores in strategy.log:
+        assert len(proposed) == 1
+        arch = proposed[0]
+        assert arch not in scores
+        if arch == after:  # a (re)start from a fresh random architecture
+            restarts += 1
+            if before is not None:  # only once the climb from ``before`` ends on a local optimum
+                top = climb(space, before, scores)
+                assert all(n in scores and scores[n] <= scores[top] for n in space.neighbors(top))
+        else:
+            assert arch in space.neighbors(after)
+            if after != before:  # moved uphill through evaluated neighbours first
+                assert after == climb(space, before, scores) and scores[after] > scores[before]
+    assert strategy.log[0][0] is None and strategy.log[0][2][0] == strategy.log[0][1]
+    assert 1 <= restarts < 16
+
+
+@pytest.mark.parametrize("name", ["random", "evolution", "local"])
+def test_exhausted_space_raises_search_error(make, tmp_path, name):
+    space = BitSpace()
+    rows = search(space, make(name, space, 0), BitEvaluator(), 16, History(tmp_path / "all.jsonl"))
+    assert len({r["key"] for r in rows}) == 16
+    with pytest.raises(SearchError, match="proposed no new architecture after 16 queries"):
+        search(space, make(name, space, 0), BitEvaluator(), 17, History(tmp_path / "more.jsonl"))
+
+
+class RecordingEvolution(RegularizedEvolution):
+    def __init__(self, space, seed, **kwargs):
+        super().__init__(space, seed, **kwargs)
+        self.sizes: list[int] = []
+        self.children: list = []
+
+    def propose(self, pool, count):
+        proposed = super().propose(pool, count)
+        self.sizes.append(len(self.population))
+        assert all(member in pool for member in self.population)
+        if len(pool) >= self.population_size:
+            self.children.append((proposed[0], list(pool.archs)))
+        return proposed
+
+
+def test_regularized_evolution_population_never_exceeds_its_size(tmp_path, nb201_space, nb201_evaluator):
+    strategy = RecordingEvolution(nb201_space, 0, population_size=6, sample_size=3)
+    rows = search(nb201_space, strategy, nb201_evaluator, 40, History(tmp_path / "h.jsonl"))
+    assert len(rows) == 40
+    assert max(strategy.sizes) == 6 and all(size <= 6 for size in strategy.sizes)
+    assert strategy.population.maxlen == 6
+    # Every child after the random start is one edit away from an evaluated architecture.
+    assert len(strategy.children) == 40 - 6
+    for child, evaluated in strategy.children:
+        assert any(child in nb201_space.neighbors(arch) for arch in evaluated)
+
+
+def test_make_strategy_rejects_unknown_names(make, nb201_space):
+    with pytest.raises(ValueError, match="choose from nao, random, evolution, local"):
+        make_strategy("bayes", nb201_space, 0)
+    assert {make(name, nb201_space, 0).name for name in STRATEGIES} == set(STRATEGIES)
+
+
+# --- NAO target normalisation ---------------------------------------------------------------------
+
+def test_rank_targets_spread_zero_to_one_in_score_order():
+    scores = np.array([3.0, 1.0, 2.0, 5.0, 4.0])
+    np.testing.assert_allclose(normalize_targets(scores, "rank"), [0.5, 0.0, 0.25, 1.0, 0.75])
+    np.testing.assert_allclose(normalize_targets(np.array([7.0]), "rank"), [0.0])
+    targets = normalize_targets(np.random.default_rng(0).normal(size=50), "rank")
+    np.testing.assert_allclose(np.sort(targets), np.linspace(0, 1, 50))
+
+
+def test_minmax_targets_map_min_to_zero_and_max_to_one():
+    scores = np.array([3.0, 1.0, 2.0, 5.0])
+    np.testing.assert_allclose(normalize_targets(scores, "minmax"), [0.5, 0.0, 0.25, 1.0])
+    np.testing.assert_allclose(normalize_targets(np.array([2.0, 2.0]), "minmax"), [0.5, 0.5])
