@@ -40,24 +40,52 @@ class Nb201Table:
         return {tuple(int(o) for o in row): i for i, row in enumerate(self.ops)}
 
 
-def _load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def read_npz(path: str | os.PathLike, label: str, shipped: Path) -> dict[str, np.ndarray]:
+    """All arrays of an npz table; BenchmarkFileError (one line, with the fix) if it cannot be read."""
     path = Path(path)
     if not path.is_file():
-        raise BenchmarkFileError(f"benchmark file {path} does not exist: pass --benchmark_file=PATH "
-                                 f"to an npz table, or leave it unset for the shipped {NB201_CIFAR10.name}")
+        raise BenchmarkFileError(f"{label} {path} does not exist: pass --benchmark_file=PATH to an npz "
+                                 f"table, or leave it unset for the shipped {shipped.name}")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise BenchmarkFileError(f"{label} {path} is a single .npy array, not an npz: save the table "
+                                     "with numpy.savez (see data/nasbench/README.md)")
+        with loaded:
+            return {k: loaded[k] for k in loaded.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise BenchmarkFileError(f"benchmark file {path} is not a readable npz ({err}): "
+        if isinstance(err, BenchmarkFileError):
+            raise
+        reason = " ".join(str(err).split())  # one line
+        raise BenchmarkFileError(f"{label} {path} is not a readable npz ({reason}): "
                                  "re-create or re-download it") from err
+
+
+def pick_metrics(label: str, path: str | os.PathLike, arrays: dict[str, np.ndarray], rows: int,
+                 keys: dict[str, str | None]) -> dict[str, np.ndarray]:
+    """The float arrays named by ``keys`` ({flag: array name or None}), checked for shape and NaN."""
+    floats = sorted(k for k, v in arrays.items() if v.shape == (rows,) and v.dtype.kind == "f")
+    picked = {}
+    for flag, key in keys.items():
+        if key is None:
+            continue
+        if key not in floats:
+            found = (f"has shape {arrays[key].shape} and dtype {arrays[key].dtype}, not ({rows},) floats"
+                     if key in arrays else "does not exist")
+            raise BenchmarkFileError(f"{label} {path}: array {key!r} {found}; set {flag} to one of "
+                                     f"{', '.join(floats) or '(none: the table has no float arrays)'}")
+        values = arrays[key].astype(np.float64)
+        if not np.isfinite(values).all():
+            raise BenchmarkFileError(f"{label} {path}: {key!r} holds NaN or inf values; fix the table")
+        picked[key] = values
+    return picked
 
 
 def load_nb201_table(path: str | os.PathLike | None = None, valid_key: str = "cifar10_valid_acc",
                      test_key: str = "cifar10_test_acc") -> Nb201Table:
     """Load and check an NB201 table; BenchmarkFileError says what is wrong and how to fix it."""
     path = NB201_CIFAR10 if path is None else Path(path)
-    arrays = _load_npz(path)
+    arrays = read_npz(path, "NB201 table", NB201_CIFAR10)
     if "ops" not in arrays:
         raise BenchmarkFileError(f"{path} has no 'ops' array: an NB201 table needs ops (15625, 6) uint8")
     ops = arrays["ops"]
@@ -67,17 +95,7 @@ def load_nb201_table(path: str | os.PathLike | None = None, valid_key: str = "ci
     if ops.min() < 0 or ops.max() > 4:
         raise BenchmarkFileError(f"{path}: 'ops' holds op ids from {ops.min()} to {ops.max()}, "
                                  f"expected ({NB201_SIZE}, 6) op ids in 0..4")
-    floats = sorted(k for k, v in arrays.items() if v.shape == (NB201_SIZE,) and v.dtype.kind == "f")
-    picked = {}
-    for flag, key in (("--valid_key", valid_key), ("--test_key", test_key)):
-        if key not in arrays:
-            raise BenchmarkFileError(f"{path} has no array {key!r}: set {flag} to one of {', '.join(floats)}")
-        if key not in floats:
-            raise BenchmarkFileError(f"{path}: {key!r} has shape {arrays[key].shape} and dtype "
-                                     f"{arrays[key].dtype}, expected ({NB201_SIZE},) floats")
-        values = arrays[key].astype(np.float64)
-        if not np.isfinite(values).all():
-            raise BenchmarkFileError(f"{path}: {key!r} holds NaN or inf values; fix the table")
-        picked[key] = values
+    picked = pick_metrics("NB201 table", path, arrays, NB201_SIZE,
+                          {"--valid_key": valid_key, "--test_key": test_key})
     return Nb201Table(str(path), ops.astype(np.int64), picked[valid_key], picked[test_key],
                       valid_key, test_key)

@@ -175,7 +175,7 @@ def test_bad_test_key_names_its_flag():
 
 def test_non_float_key_error():
     message = _error_message(NB201_CIFAR10, valid_key="arch_str")
-    assert "'arch_str'" in message and "expected (15625,) floats" in message
+    assert "'arch_str'" in message and "not (15625,) floats" in message
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])

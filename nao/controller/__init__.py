@@ -46,7 +46,7 @@ class Controller:
 
     def fit(self, tokens: np.ndarray, targets: np.ndarray, key: jax.Array,
             epochs: int | None = None) -> dict[str, float]:
-        """Train on (n, L) tokens with targets in [0, 1]; returns the last step's mse and nll."""
+        """Train on (n, L) tokens with targets in [0, 1]; returns the steps run and the last mse, nll."""
         count = tokens.shape[0]
         epochs = self.config.epochs if epochs is None else epochs
         steps = max(self.config.min_steps, epochs * math.ceil(count / self.config.batch_size))
@@ -57,7 +57,7 @@ class Controller:
             jnp.asarray(_pad_rows(targets.astype(np.float32), capacity)),
             jnp.int32(count), self.permutations, jnp.int32(steps), key)
         metrics = np.asarray(metrics).mean(axis=0)
-        return {"mse": float(metrics[0]), "nll": float(metrics[1])}
+        return {"steps": steps, "mse": float(metrics[0]), "nll": float(metrics[1])}
 
     def predict(self, tokens: np.ndarray) -> np.ndarray:
         """(members, n) predicted normalised scores of (n, L) tokens."""

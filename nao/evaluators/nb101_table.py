@@ -17,13 +17,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-import zipfile
 from collections.abc import Hashable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from data.nasbench import NB101_SAMPLE, BenchmarkFileError
+from data.nasbench import NB101_SAMPLE, BenchmarkFileError, pick_metrics, read_npz
 from nao.evaluators.base import Evaluation, Evaluator
 from nao.spaces.base import InvalidArchitectureError
 from nao.spaces.nasbench101 import NasBench101Space, Nb101Arch
@@ -51,31 +50,11 @@ class Nb101Table:
     test_key: str | None
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    if not path.is_file():
-        raise BenchmarkFileError(f"NB101 table {path} does not exist: pass the path of an npz table, "
-                                 f"or leave it unset for the shipped {NB101_SAMPLE.name}")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        arrays = None
-        if isinstance(loaded, np.lib.npyio.NpzFile):
-            with loaded:
-                arrays = {k: loaded[k] for k in loaded.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        reason = " ".join(str(err).split())  # one line
-        raise BenchmarkFileError(f"NB101 table {path} is not a readable npz ({reason}): re-create or "
-                                 "re-download it") from err
-    if arrays is None:
-        raise BenchmarkFileError(f"NB101 table {path} is a single .npy array, not an npz: save the table "
-                                 f"with numpy.savez ({_LAYOUT})")
-    return arrays
-
-
 def load_nb101_table(path: str | os.PathLike | None = None, valid_key: str = DEFAULT_VALID_KEY,
                      test_key: str | None = None) -> Nb101Table:
     """Load and check an NB101 table; BenchmarkFileError says what is wrong and how to fix it."""
     path = NB101_SAMPLE if path is None else Path(path)
-    arrays = _read_npz(path)
+    arrays = read_npz(path, "NB101 table", NB101_SAMPLE)
     missing = [k for k in _GRAPH_ARRAYS if k not in arrays]
     if missing:
         raise BenchmarkFileError(f"NB101 table {path} has no {', '.join(missing)}: it needs {_LAYOUT}")
@@ -103,20 +82,8 @@ def load_nb101_table(path: str | os.PathLike | None = None, valid_key: str = DEF
         except InvalidArchitectureError as err:
             raise BenchmarkFileError(f"NB101 table {path}: row {i} is not a valid NB101 cell ({err}); "
                                      "fix or re-create the table") from None
-    floats = sorted(k for k, v in arrays.items() if v.shape == (rows,) and v.dtype.kind == "f")
-    picked = {}
-    for flag, key in (("--valid_key", valid_key), ("--test_key", test_key)):
-        if key is None:
-            continue
-        if key not in floats:
-            found = (f"has shape {arrays[key].shape} and dtype {arrays[key].dtype}, not ({rows},) floats"
-                     if key in arrays else "does not exist")
-            raise BenchmarkFileError(f"NB101 table {path}: array {key!r} {found}; set {flag} to one of "
-                                     f"{', '.join(floats) or '(none: the table has no float arrays)'}")
-        values = arrays[key].astype(np.float64)
-        if not np.isfinite(values).all():
-            raise BenchmarkFileError(f"NB101 table {path}: {key!r} holds NaN or inf values; fix the table")
-        picked[key] = values
+    picked = pick_metrics("NB101 table", path, arrays, rows,
+                          {"--valid_key": valid_key, "--test_key": test_key})
     return Nb101Table(str(path), tuple(archs), picked[valid_key],
                       None if test_key is None else picked[test_key], valid_key, test_key)
 
