@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 import time
 
+import jax
 from absl import app, flags
 
 from data.nasbench import BenchmarkFileError
@@ -36,6 +38,8 @@ flags.DEFINE_string("preset", "default",
                     f"Controller and NAO settings, one of: {', '.join(PRESETS)}. 'paper' is the original "
                     "method (reference §2-3); 'default' is what the benchmark shows works best; 'smoke' is "
                     "tiny, for tests.")
+flags.DEFINE_string("compilation_cache_dir", os.path.expanduser("~/.cache/nao/jax"),
+                    "JAX's persistent compilation cache: later runs skip XLA compilation. Empty: off.")
 flags.DEFINE_string("arch", None, "Architecture string for --mode=evaluate.")
 flags.DEFINE_string("benchmark_file", None, "NB201 table (npz: ops (15625, 6) uint8 + float arrays); "
                     "default: the shipped CIFAR-10 200-epoch table.")
@@ -99,6 +103,9 @@ def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.getLogger("nao").setLevel(logging.INFO)
+    if FLAGS.compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
     try:
         config = build_config()
         if FLAGS.mode == "evaluate":

@@ -86,7 +86,7 @@ def test_fit_lowers_predictor_mse(fitted, pool, small_controller):
     mse_after = ((after - targets) ** 2).mean(axis=1)
     assert np.all(mse_after < 0.25 * mse_before), (mse_before, mse_after)
     assert np.all(mse_after < 0.02)
-    assert set(metrics) == {"mse", "nll"}
+    assert set(metrics) == {"steps", "mse", "nll"} and metrics["steps"] == FIT_EPOCHS
     assert 0 <= metrics["mse"] < 0.05 and 0 <= metrics["nll"] < 0.1
 
 

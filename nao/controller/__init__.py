@@ -9,6 +9,7 @@ search loop; the work happens in the jitted functions of ``training`` and
 from __future__ import annotations
 
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
@@ -40,13 +41,40 @@ class Controller:
         self.space = space
         self.config = config
         self.model = EPD(config, space.vocab_size, space.tokens_per_step)
-        self.params, self.opt_state = training.init_ensemble(self.model, config, space.seq_len, key)
+        self.params, self.opt_state = training.init_ensemble(self.model, space.seq_len, key)
         self.token_mask = jnp.asarray(space.token_mask())
         self.permutations = jnp.asarray(space.symmetry_permutations(), jnp.int32)
+        self._warming: list[Future] = []
+
+    def warm_up(self, num_seeds: int, num_etas: int) -> None:
+        """Compile fit, generate and predict in background threads.
+
+        XLA compiles them in parallel (and while the evaluator scores the initial pool); the
+        first real call then finds them compiled. Calls made meanwhile wait for the warm-up.
+        """
+        length = self.space.seq_len
+        tokens = jnp.zeros((_bucket(0, 256), length), jnp.int32)
+        seeds = jnp.zeros((_bucket(num_seeds, 16), length), jnp.int32)
+        jobs = [
+            lambda: training.fit(self.model, self.params, self.opt_state, tokens, jnp.zeros(tokens.shape[0]),
+                                 jnp.int32(1), self.permutations, jnp.int32(0), jax.random.key(0)),
+            lambda: generation.generate(self.model, self.params, seeds, jnp.zeros(num_etas),
+                                        self.token_mask),
+            lambda: generation.predict(self.model, self.params, tokens),
+        ]
+        executor = ThreadPoolExecutor(len(jobs))
+        self._warming = [executor.submit(lambda job=job: jax.block_until_ready(job())) for job in jobs]
+        executor.shutdown(wait=False)
+
+    def _ready(self) -> None:
+        for future in self._warming:
+            future.result()
+        self._warming = []
 
     def fit(self, tokens: np.ndarray, targets: np.ndarray, key: jax.Array,
             epochs: int | None = None) -> dict[str, float]:
         """Train on (n, L) tokens with targets in [0, 1]; returns the steps run and the last mse, nll."""
+        self._ready()
         count = tokens.shape[0]
         epochs = self.config.epochs if epochs is None else epochs
         steps = max(self.config.min_steps, epochs * math.ceil(count / self.config.batch_size))
@@ -61,12 +89,14 @@ class Controller:
 
     def predict(self, tokens: np.ndarray) -> np.ndarray:
         """(members, n) predicted normalised scores of (n, L) tokens."""
+        self._ready()
         count = tokens.shape[0]
         padded = _pad_rows(tokens.astype(np.int32), _bucket(count, 256))
         return np.asarray(generation.predict(self.model, self.params, jnp.asarray(padded)))[:, :count]
 
     def generate(self, seed_tokens: np.ndarray, etas: np.ndarray) -> np.ndarray:
         """(members, E, S, L) tokens decoded after one ascent step of each eta from each seed."""
+        self._ready()
         count = seed_tokens.shape[0]
         padded = _pad_rows(seed_tokens.astype(np.int32), _bucket(count, 16))
         tokens = generation.generate(self.model, self.params, jnp.asarray(padded),

@@ -64,14 +64,22 @@ class EPD(nn.Module):
             x = self.mlp_dropout(nn.relu(layer(x)), deterministic=not train)
         return nn.sigmoid(self.mlp_out(x))[..., 0]
 
+    def decoder_lstm(self, carry, token: jax.Array):
+        """Feed ``token`` (B,) to the decoder LSTM; returns the new carry and its (B, H) output."""
+        return self.decoder_cell(carry, self.decoder_embed(token))
+
+    def decoder_head(self, out: jax.Array, step_outputs: jax.Array) -> jax.Array:
+        """Attention over the encoder's (B, T, H) step outputs, then logits: (B, ..., H) -> (B, ..., V)."""
+        query = self.attention_query(out)
+        weights = nn.softmax(jnp.einsum("b...h,bth->b...t", query, step_outputs), axis=-1)
+        context = jnp.einsum("b...t,bth->b...h", weights, step_outputs)
+        hidden = jnp.tanh(self.attention_out(jnp.concatenate([context, out], axis=-1)))
+        return self.decoder_logits(hidden)
+
     def decode_step(self, carry, token: jax.Array, step_outputs: jax.Array):
         """One decoder step: feed ``token`` (B,), return the new carry and (B, V) logits."""
-        carry, out = self.decoder_cell(carry, self.decoder_embed(token))
-        query = self.attention_query(out)
-        weights = nn.softmax(jnp.einsum("bh,bth->bt", query, step_outputs), axis=-1)
-        context = jnp.einsum("bt,bth->bh", weights, step_outputs)
-        hidden = jnp.tanh(self.attention_out(jnp.concatenate([context, out], axis=-1)))
-        return carry, self.decoder_logits(hidden)
+        carry, out = self.decoder_lstm(carry, token)
+        return carry, self.decoder_head(out, step_outputs)
 
     def __call__(self, tokens: jax.Array, train: bool = False):
         """Touches every parameter once; used by ``init``."""
@@ -83,14 +91,18 @@ class EPD(nn.Module):
 
 def teacher_forced_logits(model: EPD, params, tokens: jax.Array, step_outputs: jax.Array,
                           embedding: jax.Array) -> jax.Array:
-    """(B, L, V) logits when the decoder is fed <sos> + tokens[:-1]."""
+    """(B, L, V) logits when the decoder is fed <sos> + tokens[:-1].
+
+    Attention reads the LSTM output but does not feed back into it (Luong style), so only the
+    LSTM runs step by step; attention and logits are computed for all positions at once.
+    """
     inputs = jnp.concatenate([jnp.zeros_like(tokens[:, :1]), tokens[:, :-1]], axis=1)
 
     def body(carry, token):
-        return model.apply(params, carry, token, step_outputs, method=EPD.decode_step)
+        return model.apply(params, carry, token, method=EPD.decoder_lstm)
 
-    _, logits = jax.lax.scan(body, (embedding, embedding), inputs.T)
-    return jnp.swapaxes(logits, 0, 1)
+    _, outputs = jax.lax.scan(body, (embedding, embedding), inputs.T)
+    return model.apply(params, jnp.swapaxes(outputs, 0, 1), step_outputs, method=EPD.decoder_head)
 
 
 def greedy_decode(model: EPD, params, step_outputs: jax.Array, embedding: jax.Array,

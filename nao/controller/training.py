@@ -41,13 +41,24 @@ def joint_loss(model: EPD, params, tokens: jax.Array, targets: jax.Array, key: j
     return trade_off * mse + (1.0 - trade_off) * nll, (mse, nll)
 
 
-def init_ensemble(model: EPD, config: ControllerConfig, seq_len: int, key: jax.Array):
-    """Parameters and optimizer states of ``config.ensemble`` independently initialised members."""
+def _init_members(model: EPD, seq_len: int, key: jax.Array):
     dummy = jnp.ones((1, seq_len), jnp.int32)
-    keys = jax.random.split(key, config.ensemble)
+    keys = jax.random.split(key, model.config.ensemble)
     params = jax.vmap(lambda k: model.init({"params": k, "dropout": k}, dummy))(keys)
-    opt_state = jax.vmap(make_optimizer(config).init)(params)
-    return params, opt_state
+    return params, jax.vmap(make_optimizer(model.config).init)(params)
+
+
+@functools.cache
+def _compiled_init(model: EPD, seq_len: int):
+    # Run eagerly, the vmapped init dispatches op by op (seconds); it runs once per controller,
+    # so XLA's optimisation passes cost more compile time than they would ever save.
+    return (jax.jit(functools.partial(_init_members, model, seq_len)).lower(jax.random.key(0))
+            .compile(compiler_options={"xla_backend_optimization_level": 0}))
+
+
+def init_ensemble(model: EPD, seq_len: int, key: jax.Array):
+    """Parameters and optimizer states of ``config.ensemble`` independently initialised members."""
+    return _compiled_init(model, seq_len)(key)
 
 
 @functools.partial(jax.jit, static_argnames=("model",))

@@ -65,6 +65,9 @@ class NaoStrategy(Strategy):
         self.options = options
         self.key = jax.random.key(seed)
         self.controller = Controller(space, controller, jax.random.fold_in(self.key, 0))
+        # Compile while the initial pool is evaluated; the paper ladder decodes ten etas a call.
+        etas_per_call = min(options.max_eta, 10) if options.max_eta else len(options.etas)
+        self.controller.warm_up(options.top_k, etas_per_call)
         self.iteration = 0
         self.last_fit: dict[str, float] = {}
 
