@@ -12,6 +12,7 @@ training architectures.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
@@ -33,6 +34,7 @@ flags.DEFINE_integer("seeds", 50, "Seeds per strategy.")
 flags.DEFINE_integer("queries", 300, "Budget per search.")
 flags.DEFINE_list("strategies", list(STRATEGIES), "Strategies to compare.")
 flags.DEFINE_string("preset", "default", "Controller/NAO preset for the nao strategy.")
+flags.DEFINE_integer("neighbor_seeds", None, "Override the preset's neighbour candidates (0: decoded only).")
 flags.DEFINE_list("tau_sizes", ["50", "100", "200", "500", "1000"], "Training-set sizes for Kendall tau.")
 flags.DEFINE_integer("tau_repeats", 3, "Random training sets per size.")
 flags.DEFINE_integer("tau_holdout", 2000, "Held-out architectures scored for Kendall tau.")
@@ -40,9 +42,16 @@ flags.DEFINE_integer("tau_holdout", 2000, "Held-out architectures scored for Ken
 CHECKPOINTS = (50, 100, 150, 300)
 
 
+def nao_options():
+    options = NAO_PRESETS[FLAGS.preset]
+    if FLAGS.neighbor_seeds is not None:
+        options = dataclasses.replace(options, neighbor_seeds=FLAGS.neighbor_seeds)
+    return options
+
+
 def search_table(space, evaluator, optimum: float) -> None:
     print(f"\nNAS-Bench-201 CIFAR-10: test accuracy (%) of the best-by-validation architecture, "
-          f"{FLAGS.seeds} seeds, preset {FLAGS.preset!r} for nao")
+          f"{FLAGS.seeds} seeds, nao: preset {FLAGS.preset!r}, {nao_options()}")
     points = [q for q in CHECKPOINTS if q <= FLAGS.queries]
     header = " | ".join(f"@{q:<13d}" for q in points)
     print(f"| strategy  | {header} | optimum found | wall s/seed | first seed @150 (s) |")
@@ -50,7 +59,7 @@ def search_table(space, evaluator, optimum: float) -> None:
     for name in FLAGS.strategies:
         curves, walls, first_150 = [], [], None
         for seed in range(FLAGS.seeds):
-            strategy = make_strategy(name, space, seed, get_preset(FLAGS.preset), NAO_PRESETS[FLAGS.preset])
+            strategy = make_strategy(name, space, seed, get_preset(FLAGS.preset), nao_options())
             start = time.perf_counter()
             rows = search(space, strategy, evaluator, FLAGS.queries, History(None))
             walls.append(time.perf_counter() - start)

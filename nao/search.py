@@ -53,8 +53,7 @@ def best_so_far(rows: list[dict[str, Any]]) -> tuple[list[float], list[float | N
 
 
 def search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, queries: int,
-           history: History, on_progress: Callable[[Progress], None] | None = None,
-           time_budget: float | None = None) -> list[dict[str, Any]]:
+           history: History, on_progress: Callable[[Progress], None] | None = None) -> list[dict[str, Any]]:
     """Run ``strategy`` until ``queries`` architectures are evaluated; returns the rows in order."""
     pool = Pool(space)
     recorded = {row["key"]: row for row in history.rows}
@@ -62,8 +61,6 @@ def search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, queries
     replayed = 0
     start = time.perf_counter()
     while len(pool) < queries:
-        if time_budget is not None and time.perf_counter() - start > time_budget:
-            break
         batch, keys = [], set()
         for arch in strategy.propose(pool, queries - len(pool)):
             key = space.key(arch)
