@@ -89,9 +89,8 @@ class NaoStrategy(Strategy):
             candidates = self._decode_new(pool, seeds, np.asarray(opts.etas), taken)
             for arch in pool.top(opts.neighbor_seeds):
                 for neighbor in self.space.neighbors(arch):
-                    key = self.space.key(neighbor)
-                    if neighbor not in pool and key not in taken:
-                        taken.add(key)
+                    if neighbor not in pool and self.space.key(neighbor) not in taken:
+                        taken.add(self.space.key(neighbor))
                         candidates.append(neighbor)
             chosen = self._select(candidates, count)
         if len(chosen) < count:  # too few new decodings: spend the rest of the batch at random
