@@ -20,8 +20,11 @@ from nao.controller.config import PRESETS, ControllerConfig, get_preset
 from nao.controller.model import EPD
 from nao.spaces.base import SearchSpace
 
+# Padded row counts: the pool (fit, predict) and the seeds of a generation call.
+_POOL_ROWS, _SEED_ROWS = 256, 16
 
-def _bucket(n: int, minimum: int = 64) -> int:
+
+def _bucket(n: int, minimum: int) -> int:
     """Padded size for n rows: powers of two, so shapes (and compilations) stay few."""
     return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
 
@@ -53,8 +56,8 @@ class Controller:
         first real call then finds them compiled. Calls made meanwhile wait for the warm-up.
         """
         length = self.space.seq_len
-        tokens = jnp.zeros((_bucket(0, 256), length), jnp.int32)
-        seeds = jnp.zeros((_bucket(num_seeds, 16), length), jnp.int32)
+        tokens = jnp.zeros((_bucket(0, _POOL_ROWS), length), jnp.int32)
+        seeds = jnp.zeros((_bucket(num_seeds, _SEED_ROWS), length), jnp.int32)
         jobs = [
             lambda: training.fit(self.model, self.params, self.opt_state, tokens, jnp.zeros(tokens.shape[0]),
                                  jnp.int32(1), self.permutations, jnp.int32(0), jax.random.key(0)),
@@ -78,7 +81,7 @@ class Controller:
         count = tokens.shape[0]
         epochs = self.config.epochs if epochs is None else epochs
         steps = max(self.config.min_steps, epochs * math.ceil(count / self.config.batch_size))
-        capacity = _bucket(count, 256)
+        capacity = _bucket(count, _POOL_ROWS)
         self.params, self.opt_state, metrics = training.fit(
             self.model, self.params, self.opt_state,
             jnp.asarray(_pad_rows(tokens.astype(np.int32), capacity)),
@@ -91,14 +94,14 @@ class Controller:
         """(members, n) predicted normalised scores of (n, L) tokens."""
         self._ready()
         count = tokens.shape[0]
-        padded = _pad_rows(tokens.astype(np.int32), _bucket(count, 256))
+        padded = _pad_rows(tokens.astype(np.int32), _bucket(count, _POOL_ROWS))
         return np.asarray(generation.predict(self.model, self.params, jnp.asarray(padded)))[:, :count]
 
     def generate(self, seed_tokens: np.ndarray, etas: np.ndarray) -> np.ndarray:
         """(members, E, S, L) tokens decoded after one ascent step of each eta from each seed."""
         self._ready()
         count = seed_tokens.shape[0]
-        padded = _pad_rows(seed_tokens.astype(np.int32), _bucket(count, 16))
+        padded = _pad_rows(seed_tokens.astype(np.int32), _bucket(count, _SEED_ROWS))
         tokens = generation.generate(self.model, self.params, jnp.asarray(padded),
                                      jnp.asarray(etas, jnp.float32), self.token_mask)
         return np.asarray(tokens)[:, :, :count]
