@@ -79,8 +79,8 @@ class ExperimentConfig:
 
 def make_space_and_evaluator(config: ExperimentConfig) -> tuple[SearchSpace, Evaluator, dict]:
     """The space, its evaluator, and facts about the table (the optimum) for reports."""
-    space = get_space(config.space)
     if config.space == "nb201":
+        space = get_space(config.space)
         table = load_nb201_table(config.benchmark_file, config.valid_key, config.test_key)
         best = int(np.argmax(table.valid))
         facts = {"table": table.path, "optimum_valid": float(table.valid.max()),
@@ -91,9 +91,8 @@ def make_space_and_evaluator(config: ExperimentConfig) -> tuple[SearchSpace, Eva
         if config.benchmark_file is not None:
             raise ValueError("--benchmark_file is for NB201 tables; --space=nb101 uses the shipped sample")
         space, evaluator = nb101_table_space_and_evaluator()
-        best = int(np.argmax([evaluator.lookup(a)[0] for a in evaluator.archs]))
         return space, evaluator, {"table": str(NB101_SAMPLE), "cells": len(evaluator),
-                                  "optimum_valid": evaluator.lookup(evaluator.archs[best])[0]}
+                                  "optimum_valid": max(evaluator.lookup(a)[0] for a in evaluator.archs)}
     raise ValueError(f"space {config.space!r} has no tabular evaluator here; use --space=nb201 or nb101")
 
 
@@ -125,10 +124,6 @@ def prepare_run_dir(output_dir: Path, config: ExperimentConfig, resume: bool) ->
         raise RunDirError(f"{output_dir} is not empty and holds no nao run: choose another --output_dir")
     output_dir.mkdir(parents=True, exist_ok=True)
     _write_json(config_path, wanted)
-
-
-def _strategy_for(name: str, space: SearchSpace, seed: int, config: ExperimentConfig):
-    return make_strategy(name, space, seed, config.controller, config.nao)
 
 
 def _log_progress(name: str, seed: int):
@@ -200,8 +195,9 @@ def run_experiment(config: ExperimentConfig, output_dir: str | os.PathLike, resu
             else:
                 if history.rows:
                     log.info("%s seed %d: resuming after %d recorded queries", name, seed, len(history.rows))
-                rows = search(space, _strategy_for(name, space, seed, config), evaluator, config.queries,
-                              history, on_progress=_log_progress(name, seed))
+                strategy = make_strategy(name, space, seed, config.controller, config.nao)
+                rows = search(space, strategy, evaluator, config.queries, history,
+                              on_progress=_log_progress(name, seed))
             runs[name].append(rows)
             timing[name][str(seed)] = round(time.perf_counter() - start, 3)
     summary = summarize(config, runs, space, facts)
