@@ -135,11 +135,29 @@ def test_generate_obeys_a_restricted_mask(fitted, pool, monkeypatch, small_contr
     mask[:, 1:5] = True  # token 5 forbidden everywhere
     mask[2, 1] = False  # and a few more at single positions
     mask[4, 3] = False
-    monkeypatch.setattr(controller, "token_mask", jnp.asarray(mask))
+    transitions = np.broadcast_to(mask[:, None, :], (6, 6, 6)).copy()
+    monkeypatch.setattr(controller, "transition_mask", jnp.asarray(transitions))
     generated = controller.generate(seeds, etas)
     assert generated.shape == (small_controller.ensemble, 3, 8, 6)
     assert not (generated == 5).any()
     assert mask[np.arange(6), generated].all()
+
+
+def test_generate_obeys_a_mask_that_depends_on_the_previous_token(fitted, pool, monkeypatch):
+    controller, _, _ = fitted
+    tokens, _ = pool
+    # After token 1 only token 2 may follow, and after 2 only 1: decoded rows alternate after a 1 or 2.
+    transitions = np.zeros((6, 6, 6), bool)
+    transitions[:, :, 1:] = True
+    transitions[:, 1, :] = False
+    transitions[:, 1, 2] = True
+    transitions[:, 2, :] = False
+    transitions[:, 2, 1] = True
+    monkeypatch.setattr(controller, "transition_mask", jnp.asarray(transitions))
+    generated = controller.generate(tokens[:16], np.array([0.0, 8.0])).reshape(-1, 6)
+    previous = np.concatenate([np.zeros((len(generated), 1), int), generated[:, :-1]], axis=1)
+    assert transitions[np.arange(6), previous, generated].all()
+    assert (generated[:, 0] == 1).any() or (generated[:, 0] == 2).any()
 
 
 @pytest.mark.parametrize("trade_off", [0.8, 0.3])

@@ -45,7 +45,7 @@ class Controller:
         self.config = config
         self.model = EPD(config, space.vocab_size, space.tokens_per_step)
         self.params, self.opt_state = training.init_ensemble(self.model, space.seq_len, key)
-        self.token_mask = jnp.asarray(space.token_mask())
+        self.transition_mask = jnp.asarray(space.transition_mask())
         self.permutations = jnp.asarray(space.symmetry_permutations(), jnp.int32)
         self._warming: list[Future] = []
 
@@ -62,7 +62,7 @@ class Controller:
             lambda: training.fit(self.model, self.params, self.opt_state, tokens, jnp.zeros(tokens.shape[0]),
                                  jnp.int32(1), self.permutations, jnp.int32(0), jax.random.key(0)),
             lambda: generation.generate(self.model, self.params, seeds, jnp.zeros(num_etas),
-                                        self.token_mask),
+                                        self.transition_mask),
             lambda: generation.predict(self.model, self.params, tokens),
         ]
         executor = ThreadPoolExecutor(len(jobs))
@@ -103,7 +103,7 @@ class Controller:
         count = seed_tokens.shape[0]
         padded = _pad_rows(seed_tokens.astype(np.int32), _bucket(count, _SEED_ROWS))
         tokens = generation.generate(self.model, self.params, jnp.asarray(padded),
-                                     jnp.asarray(etas, jnp.float32), self.token_mask)
+                                     jnp.asarray(etas, jnp.float32), self.transition_mask)
         return np.asarray(tokens)[:, :, :count]
 
     def reconstruct(self, tokens: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@
 For every seed the gradient of the predicted score is taken with respect to
 the per-step encoder outputs; each output moves by ``eta`` times it, is
 re-normalised, and the moved outputs are decoded greedily under the space's
-valid-token mask. All members x step sizes x seeds are one vectorised call.
+valid-token (transition) mask. All members x step sizes x seeds are one vectorised call.
 """
 
 from __future__ import annotations
@@ -40,14 +40,14 @@ def gradient_ascent(model: EPD, params, step_outputs: jax.Array, etas: jax.Array
 
 @functools.partial(jax.jit, static_argnames=("model",))
 def generate(model: EPD, params, seed_tokens: jax.Array, etas: jax.Array,
-             token_mask: jax.Array) -> jax.Array:
+             transition_mask: jax.Array) -> jax.Array:
     """Decoded tokens (members, E, S, L) after one ascent step of each eta from each seed."""
 
     def member(params):
         outputs = model.apply(params, seed_tokens, method=EPD.encode)
         moved = gradient_ascent(model, params, outputs, etas)
         flat = moved.reshape((-1,) + moved.shape[2:])
-        tokens = greedy_decode(model, params, flat, pooled_embedding(flat), token_mask)
+        tokens = greedy_decode(model, params, flat, pooled_embedding(flat), transition_mask)
         return tokens.reshape(etas.shape[0], seed_tokens.shape[0], -1)
 
     return jax.vmap(member)(params)

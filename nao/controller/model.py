@@ -106,16 +106,17 @@ def teacher_forced_logits(model: EPD, params, tokens: jax.Array, step_outputs: j
 
 
 def greedy_decode(model: EPD, params, step_outputs: jax.Array, embedding: jax.Array,
-                  token_mask: jax.Array) -> jax.Array:
-    """(B, L) argmax tokens, each restricted to ``token_mask[position]`` (L, V)."""
+                  transition_mask: jax.Array) -> jax.Array:
+    """(B, L) argmax tokens, each restricted to ``transition_mask[position, previous token]`` (L, V, V)."""
     batch = embedding.shape[0]
 
     def body(state, mask):
         carry, token = state
         carry, logits = model.apply(params, carry, token, step_outputs, method=EPD.decode_step)
-        token = jnp.argmax(jnp.where(mask, logits, -jnp.inf), axis=-1).astype(jnp.int32)
+        allowed = jnp.take(mask, token, axis=0)
+        token = jnp.argmax(jnp.where(allowed, logits, -jnp.inf), axis=-1).astype(jnp.int32)
         return (carry, token), token
 
     start = ((embedding, embedding), jnp.zeros((batch,), jnp.int32))
-    _, tokens = jax.lax.scan(body, start, token_mask)
+    _, tokens = jax.lax.scan(body, start, transition_mask)
     return tokens.T

@@ -63,6 +63,16 @@ class SearchSpace(abc.ABC):
     def token_mask(self) -> np.ndarray:
         """(seq_len, vocab_size) bool: tokens the decoder may emit at each position."""
 
+    def transition_mask(self) -> np.ndarray:
+        """(seq_len, vocab, vocab) bool: token b may follow token a at position t iff [t, a, b].
+
+        Position 0 follows the start symbol 0. Spaces whose valid tokens depend on the
+        previous one (an op type then the kernels it allows) override this; by default it
+        is ``token_mask`` whatever came before.
+        """
+        mask = self.token_mask()
+        return np.broadcast_to(mask[:, None, :], (self.seq_len, self.vocab_size, self.vocab_size)).copy()
+
     @abc.abstractmethod
     def neighbors(self, arch: Hashable) -> list[Hashable]:
         """All valid architectures one edit away (used by local search and mutation)."""
