@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from nao.spaces.base import InvalidArchitectureError, SearchSpace
+from nao.spaces.cifar import CifarSpace, CifarWsSpace
 from nao.spaces.nasbench101 import NasBench101Space
 from nao.spaces.nasbench201 import NasBench201Space
+from nao.spaces.ptb import PtbSpace, PtbWsSpace
 
 SPACES: dict[str, type[SearchSpace]] = {
     NasBench201Space.name: NasBench201Space,
     NasBench101Space.name: NasBench101Space,
+    PtbSpace.name: PtbSpace,
+    PtbWsSpace.name: PtbWsSpace,
+    CifarWsSpace.name: CifarWsSpace,
+    CifarSpace.name: CifarSpace,
 }
 
 
@@ -19,5 +25,5 @@ def get_space(name: str) -> SearchSpace:
     return SPACES[name]()
 
 
-__all__ = ["SPACES", "InvalidArchitectureError", "NasBench101Space", "NasBench201Space",
-           "SearchSpace", "get_space"]
+__all__ = ["SPACES", "CifarSpace", "CifarWsSpace", "InvalidArchitectureError", "NasBench101Space",
+           "NasBench201Space", "PtbSpace", "PtbWsSpace", "SearchSpace", "get_space"]

@@ -69,6 +69,9 @@ class TableRestrictedSpace(SearchSpace):
     def token_mask(self) -> np.ndarray:
         return self.space.token_mask()
 
+    def transition_mask(self) -> np.ndarray:
+        return self.space.transition_mask()
+
     def neighbors(self, arch: Hashable) -> list[Hashable]:
         return [a for a in self.space.neighbors(arch) if self.space.key(a) in self._allowed]
 
