@@ -1,0 +1,64 @@
+"""Data parallelism over the local devices, and several hosts.
+
+Train and eval steps are ``jax.pmap``-ed over one axis named ``batch``: parameters
+are replicated, every device takes its slice of the global batch, and gradients
+and metrics are averaged with ``lax.pmean``. (pmap rather than jit over a mesh
+because collectives over forced CPU devices can deadlock on 2-core machines;
+jax-notes.md.) On several hosts, ``initialize_multihost`` joins the processes
+first and each host feeds its local devices; the code is otherwise the same.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+AXIS = "batch"
+
+
+def initialize_multihost() -> None:
+    """Join the other processes of a multi-host job (coordinator and ids from the environment)."""
+    jax.distributed.initialize()
+
+
+def replicate(tree, count: int | None = None):
+    """One copy of every leaf per local device (or the first ``count``), placed as pmap expects."""
+    devices = jax.local_devices()[:count]
+    sharding = NamedSharding(Mesh(np.array(devices), (AXIS,)), PartitionSpec(AXIS))
+
+    def put(x):
+        x = np.asarray(x)
+        return jax.device_put(np.broadcast_to(x[None], (len(devices),) + x.shape), sharding)
+
+    return jax.tree.map(put, tree)
+
+
+def unreplicate(tree):
+    """The first device's copy, on the host, as NumPy."""
+    return jax.tree.map(lambda x: np.asarray(x[0]), tree)
+
+
+def shard(tree, devices: int | None = None):
+    """Split each leaf's leading (global batch) axis into (devices, per-device batch)."""
+    devices = devices or jax.local_device_count()
+
+    def split(x):
+        x = np.asarray(x) if not isinstance(x, jax.Array) else x
+        if x.shape[0] % devices:
+            raise ValueError(f"a batch of {x.shape[0]} cannot be split evenly over {devices} devices: "
+                             f"use a batch size divisible by {devices}")
+        return x.reshape((devices, x.shape[0] // devices) + x.shape[1:])
+
+    return jax.tree.map(split, tree)
+
+
+def unshard(tree):
+    """Inverse of ``shard``: (devices, per-device, ...) -> (global, ...)."""
+    return jax.tree.map(lambda x: jnp.reshape(x, (-1,) + x.shape[2:]), tree)
+
+
+def device_rng(rng: jax.Array) -> jax.Array:
+    """Inside a pmapped step: a different key on every device."""
+    return jax.random.fold_in(rng, jax.lax.axis_index(AXIS))
