@@ -16,8 +16,14 @@ import time
 
 import jax
 from absl import app, flags
+from absl import logging as absl_logging
 
+from data.errors import DatasetError
 from data.nasbench import BenchmarkFileError
+from models.checkpoint import CheckpointError
+from models.lm_train import LM_PRESETS, TrainingDivergedError, get_lm_preset
+from models.parallel import initialize_multihost
+from nao.child_training import SPACE_DATASETS, train_child, transfer_child
 from nao.controller import PRESETS
 from nao.experiment import ExperimentConfig, RunDirError, make_space_and_evaluator, run_experiment
 from nao.history import HistoryError
@@ -26,7 +32,9 @@ from nao.spaces import SPACES, InvalidArchitectureError
 from nao.strategies import NAO_PRESETS, STRATEGIES
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("mode", "search", "search: run the strategies; evaluate: score --arch on the evaluator.")
+flags.DEFINE_string("mode", "search", "search: run the strategies; evaluate: score --arch on the evaluator; "
+                    "train: train --arch from scratch on --dataset; transfer: train the cell of "
+                    "--from_checkpoint on another --dataset.")
 flags.DEFINE_string("space", "nb201", f"Search space, one of: {', '.join(SPACES)}.")
 flags.DEFINE_list("strategies", list(STRATEGIES), f"Comma list of strategies from: {', '.join(STRATEGIES)}.")
 flags.DEFINE_integer("queries", 150, "Budget per search: architectures evaluated for the first time.")
@@ -45,6 +53,26 @@ flags.DEFINE_string("benchmark_file", None, "NB201 table (npz: ops (15625, 6) ui
                     "default: the shipped CIFAR-10 200-epoch table.")
 flags.DEFINE_string("valid_key", "cifar10_valid_acc", "Array of --benchmark_file to search on.")
 flags.DEFINE_string("test_key", "cifar10_test_acc", "Array of --benchmark_file to report.")
+flags.DEFINE_string("dataset", None, "train/transfer: ptb or wikitext2 (default: ptb for the ptb spaces).")
+flags.DEFINE_string("data_dir", None, "Folder with the dataset's files (PTB/WikiText-2: train.txt, "
+                    "valid.txt, test.txt or their original names).")
+flags.DEFINE_string("child_preset", "paper", f"train/transfer recipe, one of: {', '.join(LM_PRESETS)}. "
+                    "'paper' is the reference's final training (needs a GPU); 'cpu' trains a small model "
+                    "on a laptop; 'smoke' is tiny, for tests.")
+flags.DEFINE_string("from_checkpoint", None, "transfer: a training run directory (or its checkpoints/).")
+flags.DEFINE_string("transfer", "weights", "transfer: 'weights' keeps the cell's trained weights (new "
+                    "embedding and softmax); 'arch' trains the architecture from scratch (the paper).")
+flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (several hosts, one job).")
+_CHILD_FLAGS = {
+    "epochs": (flags.DEFINE_integer, "Training epochs (paper PTB 4000)."),
+    "lr": (flags.DEFINE_float, "SGD learning rate (paper PTB 20)."),
+    "batch_size": (flags.DEFINE_integer, "Global batch size over all devices (paper PTB 64)."),
+    "max_steps": (flags.DEFINE_integer, "Stop after this many steps in all (0: no limit)."),
+    "hidden_size": (flags.DEFINE_integer, "Embedding and hidden size, tied (paper PTB 850)."),
+    "seed": (flags.DEFINE_integer, "Seed of initialisation, data order and dropout."),
+}
+for _name, (_define, _help) in _CHILD_FLAGS.items():
+    _define(f"child_{_name}", None, _help)
 # Overrides of the preset; unset means the preset's value.
 _CONTROLLER_FLAGS = {
     "emb_size": (flags.DEFINE_integer, "Token embedding size (paper 48)."),
@@ -72,7 +100,7 @@ for _name, (_define, _help) in {**_CONTROLLER_FLAGS, **_NAO_FLAGS}.items():
     _define(_name, None, _help)
 
 _USER_ERRORS = (ValueError, BenchmarkFileError, RunDirError, HistoryError, SearchError,
-                InvalidArchitectureError)
+                InvalidArchitectureError, DatasetError, CheckpointError, TrainingDivergedError)
 
 
 def build_config() -> ExperimentConfig:
@@ -99,6 +127,35 @@ def evaluate_arch(config: ExperimentConfig) -> None:
     print(f"{space.to_string(arch)}  valid {result.valid:.2f}  test {result.test:.2f}")
 
 
+def child_config():
+    config = get_lm_preset(FLAGS.child_preset)
+    values = {name: getattr(FLAGS, f"child_{name}") for name in _CHILD_FLAGS}
+    values = {name: value for name, value in values.items() if value is not None}
+    if "hidden_size" in values:
+        values["emb_size"] = values["hidden_size"]
+    return dataclasses.replace(config, **values)
+
+
+def train_or_transfer() -> int:
+    child = child_config()
+    flag_values = {name: FLAGS[name].value for name in FLAGS if name.startswith("child_")}
+    output_dir = FLAGS.output_dir or f"runs/{FLAGS.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if FLAGS.mode == "train":
+        if not FLAGS.arch:
+            raise ValueError("--mode=train needs --arch=STRING_OR_NAME (e.g. --space=ptb --arch=naonet)")
+        dataset = FLAGS.dataset or SPACE_DATASETS.get(FLAGS.space, ("",))[0]
+        metrics = train_child(FLAGS.space, FLAGS.arch, dataset, FLAGS.data_dir, child, output_dir,
+                              resume=FLAGS.resume, flags=flag_values)
+    else:
+        if not FLAGS.from_checkpoint or not FLAGS.dataset:
+            raise ValueError("--mode=transfer needs --from_checkpoint=RUN_DIR and --dataset (e.g. wikitext2)")
+        metrics = transfer_child(FLAGS.from_checkpoint, FLAGS.dataset, FLAGS.data_dir, child, output_dir,
+                                 kind=FLAGS.transfer, resume=FLAGS.resume, flags=flag_values)
+    print(f"best valid ppl {metrics['valid_ppl']:.2f}, test ppl {metrics['test_ppl']:.2f} "
+          f"(metrics, checkpoints and cell.png in {output_dir})")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -106,13 +163,18 @@ def main(argv: list[str]) -> int:
     if FLAGS.compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache_dir)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax reports every save at INFO
     try:
+        if FLAGS.multihost:
+            initialize_multihost()
+        if FLAGS.mode in ("train", "transfer"):
+            return train_or_transfer()
         config = build_config()
         if FLAGS.mode == "evaluate":
             evaluate_arch(config)
             return 0
         if FLAGS.mode != "search":
-            raise ValueError(f"unknown --mode={FLAGS.mode}: choose search or evaluate")
+            raise ValueError(f"unknown --mode={FLAGS.mode}: choose search, evaluate, train or transfer")
         output_dir = FLAGS.output_dir or f"runs/{config.space}-{time.strftime('%Y%m%d-%H%M%S')}"
         summary = run_experiment(config, output_dir, resume=FLAGS.resume)
     except _USER_ERRORS as err:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -63,6 +64,7 @@ class LmTrainConfig:
     epochs: int = 4000
     nonmono: int = 5
     max_steps: int = 0  # > 0: stop after this many steps in all (benchmarks, smoke runs)
+    length_bucket: int = 5  # windows are padded to a multiple of this: one compilation per bucket
     log_every: int = 100  # steps between log lines
     seed: int = 0
 
@@ -82,8 +84,9 @@ LM_PRESETS: dict[str, LmTrainConfig] = {
                          dropout_i=0.1, batch_size=32, eval_batch_size=32, test_batch_size=32, epochs=6,
                          log_every=200),
     # Tiny, for tests and notebooks on CPU.
-    "smoke": LmTrainConfig(emb_size=16, hidden_size=16, batch_size=4, eval_batch_size=4, test_batch_size=4,
-                           bptt=8, epochs=2, log_every=10),
+    "smoke": LmTrainConfig(emb_size=16, hidden_size=16, dropout=0.1, dropout_h=0.1, dropout_x=0.1,
+                           dropout_i=0.1, batch_size=4, eval_batch_size=4, test_batch_size=4, bptt=8,
+                           length_bucket=16, epochs=2, log_every=10),
 }
 
 
@@ -118,22 +121,25 @@ def lm_loss(model: RecurrentLM, params, inputs, targets, length, hidden, arch, r
     return loss, (mean_ce, hidden)
 
 
+@functools.lru_cache(maxsize=16)  # runs of one process (tests, resumes) reuse the compiled step
 def make_train_step(model: RecurrentLM, clip: float, weight_decay: float, tar_beta: float,
-                    fixed_arch: np.ndarray | None = None) -> Callable:
+                    fixed_arch: tuple[int, ...] | None = None) -> Callable:
     """Pmapped SGD step: (state, inputs, targets, length, hidden, arch, lr, rng, averaging).
 
     ``state`` is {params, avg, count}. With ``fixed_arch`` the cell is a compile-time
     constant and the ``arch`` argument is ignored; otherwise ``arch`` is traced (the supernet).
     """
 
+    constant = None if fixed_arch is None else np.asarray(fixed_arch, np.int64)
+
     def step(state, inputs, targets, length, hidden, arch, lr, rng, averaging):
-        arch = fixed_arch if fixed_arch is not None else arch
+        arch = constant if constant is not None else arch
         grad_fn = jax.value_and_grad(lm_loss, argnums=1, has_aux=True)
         (_, (ce, hidden)), grads = grad_fn(model, state["params"], inputs, targets, length, hidden, arch,
                                            parallel.device_rng(rng), True, tar_beta)
         grads = jax.lax.pmean(grads, parallel.AXIS)
         ce = jax.lax.pmean(ce, parallel.AXIS)
-        norm = optax.global_norm(grads)
+        norm = optax.tree.norm(grads)
         scale = jnp.minimum(1.0, clip / jnp.maximum(norm, 1e-12))
         params = jax.tree.map(lambda p, g: p - lr * (g * scale + weight_decay * p), state["params"], grads)
         # Averaged SGD keeps the running mean of the iterates since the switch (t0 = 0, lambda = 0).
@@ -146,11 +152,13 @@ def make_train_step(model: RecurrentLM, clip: float, weight_decay: float, tar_be
                     donate_argnums=(0,))
 
 
-def make_eval_step(model: RecurrentLM, fixed_arch: np.ndarray | None = None) -> Callable:
+@functools.lru_cache(maxsize=16)
+def make_eval_step(model: RecurrentLM, fixed_arch: tuple[int, ...] | None = None) -> Callable:
     """Pmapped: (params, inputs, targets, length, hidden, arch) -> (summed cross-entropy, hidden)."""
+    constant = None if fixed_arch is None else np.asarray(fixed_arch, np.int64)
 
     def step(params, inputs, targets, length, hidden, arch):
-        arch = fixed_arch if fixed_arch is not None else arch
+        arch = constant if constant is not None else arch
         _, (ce, hidden) = lm_loss(model, params, inputs, targets, length, hidden, arch, None, False)
         return jax.lax.psum(ce * length * inputs.shape[0], parallel.AXIS), hidden
 
@@ -218,7 +226,7 @@ def train_lm(config: LmTrainConfig, run: LmRun, resume: bool = False) -> dict[st
     if config.batch_size % devices:
         raise ValueError(f"--batch_size={config.batch_size} must be divisible by the {devices} local devices")
     model = RecurrentLM(config.model_config(len(corpus.vocab)))
-    arch = np.asarray(run.arch, np.int64)
+    arch = tuple(int(v) for v in run.arch)
     train_step = make_train_step(model, config.clip, config.weight_decay, config.tar_beta, fixed_arch=arch)
     eval_step = make_eval_step(model, fixed_arch=arch)
     key = jax.random.key(config.seed)
@@ -232,9 +240,10 @@ def train_lm(config: LmTrainConfig, run: LmRun, resume: bool = False) -> dict[st
                 "history": []}
     state = {"params": params, "avg": params, "count": np.int32(0), "best": params}
     if resume and store.latest_step() is not None:
+        # The optimiser settings may change on resume (a lower lr after a divergence); what fixes
+        # the weights' meaning may not (the shapes are checked by the store).
         state, saved = store.restore(state, expect={"arch": meta["arch"], "dataset": corpus.name,
-                                                    "vocab_fingerprint": corpus.vocab.fingerprint,
-                                                    "config": meta["config"]})
+                                                    "vocab_fingerprint": corpus.vocab.fingerprint})
         progress = saved["progress"]
         log.info("resumed from epoch %d (step %d) in %s", progress["epoch"], progress["step"], out)
     elif store.latest_step() is not None:
@@ -246,17 +255,19 @@ def train_lm(config: LmTrainConfig, run: LmRun, resume: bool = False) -> dict[st
     hidden_size = config.hidden_size
     eval_batch = _eval_batch(config.eval_batch_size)
     steps_per_epoch = len(window_lengths(stream.shape[1], config.bptt, np.random.default_rng(0)))
+    # An estimate for the ETA (window lengths are random); only max_steps stops a run early.
     total_steps = config.max_steps or steps_per_epoch * config.epochs
+    step_limit = config.max_steps or float("inf")
     csv_path = out / "metrics.csv"
     start_time, start_step = time.perf_counter(), progress["step"]
-    while progress["epoch"] < config.epochs and progress["step"] < total_steps:
+    while progress["epoch"] < config.epochs and progress["step"] < step_limit:
         epoch = progress["epoch"] + 1
         rng = np.random.default_rng([config.seed, epoch])  # the same windows when an epoch is redone
         hidden = parallel.shard(np.zeros((config.batch_size, hidden_size), np.float32), devices)
         ce_sum, ce_count, tokens, epoch_start = 0.0, 0, 0, time.perf_counter()
         interval = [0.0, 0, time.perf_counter()]
-        for window in windows(stream, config.bptt, rng):
-            if progress["step"] >= total_steps:
+        for window in windows(stream, config.bptt, rng, config.length_bucket):
+            if progress["step"] >= step_limit:
                 break
             progress["step"] += 1
             lr = np.float32(config.lr * window.length / config.bptt)
@@ -273,7 +284,7 @@ def train_lm(config: LmTrainConfig, run: LmRun, resume: bool = False) -> dict[st
                 ce_sum, ce_count = ce_sum + mean_ce * interval[1], ce_count + interval[1]
                 rate = interval[1] * config.batch_size / (time.perf_counter() - interval[2])
                 done = progress["step"] - start_step
-                eta = (time.perf_counter() - start_time) / done * (total_steps - progress["step"])
+                eta = (time.perf_counter() - start_time) / done * max(total_steps - progress["step"], 0)
                 log.info("epoch %d step %d/%d  train ppl %.1f  lr %.2f  %.0f tokens/s  ETA %s", epoch,
                          progress["step"], total_steps, perplexity(mean_ce), lr, rate, _duration(eta))
                 interval = [0.0, 0, time.perf_counter()]

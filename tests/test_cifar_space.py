@@ -343,15 +343,17 @@ def test_neighbors_are_every_single_edit_once(space, archs):
     assert len(space.neighbors((0, 0, 1, 1) * 10)) == 2 * (30 + 10 * (n_ops - 1))
 
 
-def test_graph_draws_both_cells_with_their_outputs():
+def test_graph_draws_each_cell_apart_with_its_output():
     ws = get_space("cifar_ws")
-    labels, edges = ws.graph(ws.from_string("naonet_ws"))
-    assert len(labels) == 16 and labels[0] == "normal in 0" and labels[7] == "normal out"
-    assert labels[8] == "reduce in 0" and labels[15] == "reduce out"
-    op_edges = [e for e in edges if e[2]]
-    assert len(op_edges) == 20
+    cells = ws.graph(ws.from_string("naonet_ws"))
+    (normal_title, labels, normal), (reduce_title, reduce_labels, reduce) = cells
+    assert (normal_title, reduce_title) == ("normal cell", "reduction cell")
+    assert labels == reduce_labels and len(labels) == 8
+    assert labels[0] == "in 0" and labels[7] == "out = concat"
+    op_edges = [e for e in normal if e[2]]
+    assert len(op_edges) == 10 and sum(1 for e in reduce if e[2]) == 10
     assert op_edges[:2] == [(0, 2, "sep_conv_5x5"), (0, 2, "identity")]
-    assert (8 + 2, 8 + 3, "max_pool_3x3") in op_edges  # reduce node 3 reads reduce node 2
+    assert (2, 3, "max_pool_3x3") in reduce  # reduce node 3 reads reduce node 2
     # normal: nodes 0, 1 and 2 are read; 3, 4, 5, 6 are not and are concatenated into the output.
-    assert sorted(s for s, t, label in edges if t == 7) == [3, 4, 5, 6]
-    assert all(label == "" for s, t, label in edges if t in (7, 15))
+    assert sorted(s for s, t, label in normal if t == 7) == [3, 4, 5, 6]
+    assert all(label == "" for cell in (normal, reduce) for s, t, label in cell if t == 7)

@@ -12,6 +12,11 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
+# What ``SearchSpace.graph`` draws: node labels, and (source, target, label) edges between node indices.
+Edge = tuple[int, int, str]
+CellGraph = tuple[list[str], list[Edge]]
+TitledCellGraph = tuple[str, list[str], list[Edge]]
+
 
 class InvalidArchitectureError(ValueError):
     """An architecture string or token sequence that the space cannot accept."""
@@ -90,8 +95,11 @@ class SearchSpace(abc.ABC):
         """
         return np.arange(self.seq_len)[None, :]
 
-    def graph(self, arch: Hashable) -> tuple[list[str], list[tuple[int, int, str]]] | None:
-        """Node labels and (source, target, label) edges for drawing; None if not drawable."""
+    def graph(self, arch: Hashable) -> CellGraph | list[TitledCellGraph] | None:
+        """Node labels and (source, target, label) DAG edges for drawing; None if not drawable.
+
+        A network of several cells returns one (title, labels, edges) per cell, each drawn apart.
+        """
         del arch
         return None
 

@@ -279,24 +279,22 @@ class _CellSpace(SearchSpace):
         chosen = np.repeat(subsets, 2 * self.tokens_per_step, axis=1).astype(bool)
         return np.where(chosen, swapped, positions)
 
-    def graph(self, arch: Arch) -> tuple[list[str], list[tuple[int, int, str]]]:
-        """Both cells side by side: inputs, nodes 2..6 and an output node per cell."""
-        labels: list[str] = []
-        edges: list[tuple[int, int, str]] = []
-        for cell_index, cell in enumerate(CELLS):
-            offset = len(labels)
-            labels += [f"{cell} in 0", f"{cell} in 1"] + [f"{cell} {k}" for k in range(2, NUM_NODES + 2)]
-            labels.append(f"{cell} out")
+    def graph(self, arch: Arch) -> list[tuple[str, list[str], list[tuple[int, int, str]]]]:
+        """One drawing per cell: its inputs, nodes 2..6 and the output node they are concatenated into."""
+        labels = ["in 0", "in 1"] + [f"node {k}" for k in range(2, NUM_NODES + 2)] + ["out = concat"]
+        cells = []
+        for cell_index, title in enumerate(("normal cell", "reduction cell")):
+            edges: list[tuple[int, int, str]] = []
             read = set()
             start = cell_index * 4 * NUM_NODES
             for node in range(NUM_NODES):
                 for i in (start + 4 * node, start + 4 * node + 2):
-                    edges.append((offset + arch[i], offset + node + 2, self.ops[arch[i + 1]]))
+                    edges.append((arch[i], node + 2, self.ops[arch[i + 1]]))
                     read.add(arch[i])
             # As NAO_V1's Cell: every node nothing reads, cell inputs included, is concatenated.
-            output = offset + NUM_NODES + 2
-            edges += [(offset + k, output, "") for k in range(NUM_NODES + 2) if k not in read]
-        return labels, edges
+            edges += [(k, NUM_NODES + 2, "") for k in range(NUM_NODES + 2) if k not in read]
+            cells.append((title, list(labels), edges))
+        return cells
 
 
 class CifarWsSpace(_CellSpace):

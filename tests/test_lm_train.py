@@ -1,0 +1,179 @@
+"""Final training and transfer of recurrent cells, on small generated corpora in the standard layout."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data.text import load_corpus
+from models.checkpoint import CheckpointError, CheckpointStore
+from models.lm_train import LM_PRESETS, LmRun, TrainingDivergedError, train_lm
+from nao.child_training import _transferred_params, train_child, transfer_child
+from nao.spaces.ptb import PtbSpace
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = dataclasses.replace(LM_PRESETS["smoke"], epochs=1, log_every=5)
+
+
+def write_corpus(folder: Path, words: list[str], lines: int, seed: int) -> Path:
+    """Sentences from a small grammar: a language model can learn it, so perplexity must fall."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, count in (("train.txt", lines), ("valid.txt", lines // 8), ("test.txt", lines // 8)):
+        text = []
+        for _ in range(count):
+            start = rng.integers(len(words) - 4)
+            text.append(" " + " ".join(words[start:start + 4]) + " " + words[rng.integers(len(words))])
+        (folder / name).write_text("\n".join(text) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ptb_dir(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("ptb"), [f"w{i}" for i in range(40)], 300, 0)
+
+
+@pytest.fixture(scope="module")
+def wt2_dir(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("wt2"), [f"v{i}" for i in range(60)], 300, 1)
+
+
+@pytest.fixture(scope="module")
+def trained(ptb_dir, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("runs") / "ptb"
+    metrics = train_child("ptb", "naonet", "ptb", str(ptb_dir), dataclasses.replace(SMOKE, epochs=3), out)
+    return out, metrics
+
+
+def test_training_learns_and_writes_metrics_checkpoints_and_a_diagram(trained, ptb_dir):
+    out, metrics = trained
+    vocab = len(load_corpus("ptb", ptb_dir).vocab)
+    assert metrics["epochs"] == 3 and len(metrics["history"]) == 3
+    # The grammar is far more predictable than uniform over the vocabulary, or than word frequencies.
+    assert metrics["valid_ppl"] < 0.6 * vocab and metrics["test_ppl"] < 0.6 * vocab
+    assert metrics["history"][2]["valid_ppl"] < metrics["history"][0]["valid_ppl"]
+    assert json.loads((out / "metrics.json").read_text())["test_ppl"] == pytest.approx(metrics["test_ppl"])
+    assert len((out / "metrics.csv").read_text().splitlines()) == 4
+    assert (out / "cell.png").stat().st_size > 5_000
+    meta = CheckpointStore(out / "checkpoints", create=False).read_meta()
+    assert meta["kind"] == "lm" and meta["space"] == "ptb" and meta["dataset"] == "ptb"
+    assert tuple(meta["arch"]) == PtbSpace().from_string("naonet")
+    assert meta["progress"]["epoch"] == 3
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(trained, ptb_dir, tmp_path):
+    _, uninterrupted = trained
+    corpus = load_corpus("ptb", ptb_dir)
+    arch = PtbSpace().from_string("naonet")
+    run = LmRun(arch, corpus, tmp_path / "run", {"space": "ptb"})
+    train_lm(SMOKE, run)
+    with pytest.raises(ValueError, match="pass --resume"):
+        train_lm(SMOKE, run)
+    resumed = train_lm(dataclasses.replace(SMOKE, epochs=3), run, resume=True)
+    assert [r["valid_ppl"] for r in resumed["history"]] == pytest.approx(
+        [r["valid_ppl"] for r in uninterrupted["history"]], rel=1e-4)
+    assert resumed["test_ppl"] == pytest.approx(uninterrupted["test_ppl"], rel=1e-4)
+
+
+def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(ptb_dir, tmp_path):
+    run = LmRun(PtbSpace().from_string("naonet"), load_corpus("ptb", ptb_dir), tmp_path / "run", {})
+    train_lm(SMOKE, run)
+    with pytest.raises(TrainingDivergedError) as info:
+        train_lm(dataclasses.replace(SMOKE, epochs=2, lr=1e30), run, resume=True)
+    message = str(info.value)
+    assert "epoch 2" in message and "last good checkpoint (epoch 1)" in message and "\n" not in message
+    assert CheckpointStore(tmp_path / "run" / "checkpoints").latest_step() == 1
+    metrics = train_lm(dataclasses.replace(SMOKE, epochs=2), run, resume=True)
+    assert metrics["epochs"] == 2 and np.isfinite(metrics["test_ppl"])
+
+
+def test_resuming_with_another_vocabulary_or_cell_is_refused(trained, wt2_dir, ptb_dir):
+    out, _ = trained
+    with pytest.raises(CheckpointError, match="vocab_fingerprint"):
+        train_lm(SMOKE, LmRun(PtbSpace().from_string("naonet"), load_corpus("ptb", wt2_dir), out, {}),
+                 resume=True)
+    with pytest.raises(CheckpointError, match="has arch="):
+        train_lm(SMOKE, LmRun(PtbSpace().from_string("naonet_ws"), load_corpus("ptb", ptb_dir), out, {}),
+                 resume=True)
+
+
+def test_a_damaged_checkpoint_gives_one_line(trained, ptb_dir, tmp_path):
+    out, _ = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    step = CheckpointStore(copy / "checkpoints").latest_step()
+    for path in (copy / "checkpoints" / str(step) / "state").rglob("*"):
+        if path.is_file() and path.stat().st_size > 1000:
+            path.write_bytes(path.read_bytes()[:100])
+    run = LmRun(PtbSpace().from_string("naonet"), load_corpus("ptb", ptb_dir), copy, {})
+    with pytest.raises(CheckpointError) as info:
+        train_lm(SMOKE, run, resume=True)
+    assert "truncated or damaged" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_weight_transfer_keeps_the_cell_and_renews_embedding_and_softmax(trained, wt2_dir, tmp_path):
+    out, _ = trained
+    store = CheckpointStore(out / "checkpoints", create=False)
+    meta = store.read_meta()
+    vocab = len(load_corpus("wikitext2", wt2_dir).vocab)
+    arch = tuple(meta["arch"])
+    params = _transferred_params(store, meta, SMOKE, vocab, arch)
+    like = {**params, "embedding": np.zeros((meta["vocab_size"], params["embedding"].shape[1]), np.float32),
+            "softmax_bias": np.zeros((meta["vocab_size"],), np.float32)}
+    state, _ = store.restore({"params": like, "avg": like, "count": np.int32(0), "best": like})
+    np.testing.assert_array_equal(params["cell"], state["best"]["cell"])
+    np.testing.assert_array_equal(params["w_input"], state["best"]["w_input"])
+    assert params["embedding"].shape[0] == vocab != meta["vocab_size"]
+
+    metrics = transfer_child(out, "wikitext2", str(wt2_dir), SMOKE, tmp_path / "weights")
+    assert np.isfinite(metrics["test_ppl"]) and metrics["test_ppl"] < vocab
+    transfer_meta = CheckpointStore(tmp_path / "weights" / "checkpoints", create=False).read_meta()
+    assert transfer_meta["dataset"] == "wikitext2" and transfer_meta["transfer"]["kind"] == "weights"
+    assert transfer_meta["arch"] == meta["arch"]
+
+
+def test_architecture_transfer_uses_the_new_sizes(trained, wt2_dir, tmp_path):
+    out, _ = trained
+    config = dataclasses.replace(SMOKE, emb_size=12, hidden_size=12)
+    transfer_child(out, "wikitext2", str(wt2_dir), config, tmp_path / "arch", kind="arch")
+    meta = CheckpointStore(tmp_path / "arch" / "checkpoints", create=False).read_meta()
+    assert meta["config"]["hidden_size"] == 12 and meta["transfer"]["kind"] == "arch"
+    with pytest.raises(ValueError, match="trained on ptb already"):
+        transfer_child(out, "ptb", str(wt2_dir), config, tmp_path / "again")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "run_nao.py"), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--mode=train", "--space=ptb", "--arch=naonet"], "needs --data_dir"),
+    (["--mode=train", "--space=ptb", "--arch=0 1 2", "--data_dir=."], "has 3 numbers, needs 22"),
+    (["--mode=train", "--space=nb201", "--arch=x", "--data_dir=."], "--space=nb201 is not one of them"),
+    (["--mode=train", "--space=ptb", "--arch=naonet", "--data_dir=/nonexistent"], "no token files under"),
+    (["--mode=train", "--space=ptb", "--arch=naonet", "--child_preset=huge"], "unknown language-model"),
+    (["--mode=transfer", "--dataset=wikitext2", "--from_checkpoint=/nonexistent"], "no checkpoint directory"),
+])
+def test_cli_bad_input_gives_one_line(args, needle):
+    result = run_cli(*args)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and needle in lines[-1], result.stderr[-2000:]
+
+
+def test_cli_trains_a_published_cell(ptb_dir, tmp_path):
+    out = tmp_path / "cli"
+    result = run_cli("--mode=train", "--space=ptb", "--arch=naonet_ws", f"--data_dir={ptb_dir}",
+                     "--child_preset=smoke", "--child_epochs=1", f"--output_dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test ppl" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == 1 and np.isfinite(metrics["test_ppl"])
