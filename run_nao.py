@@ -16,11 +16,12 @@ import time
 
 import jax
 from absl import app, flags
-from absl import logging as absl_logging
 
 from data.errors import DatasetError
 from data.nasbench import BenchmarkFileError
+from data.text import load_corpus
 from models.checkpoint import CheckpointError
+from models.lm_supernet import LmSupernet, supernet_config
 from models.lm_train import LM_PRESETS, TrainingDivergedError, get_lm_preset
 from models.parallel import initialize_multihost
 from nao.child_training import SPACE_DATASETS, train_child, transfer_child
@@ -28,8 +29,11 @@ from nao.controller import PRESETS
 from nao.experiment import ExperimentConfig, RunDirError, make_space_and_evaluator, run_experiment
 from nao.history import HistoryError
 from nao.search import SearchError
-from nao.spaces import SPACES, InvalidArchitectureError
+from nao.spaces import SPACES, InvalidArchitectureError, get_space
 from nao.strategies import NAO_PRESETS, STRATEGIES
+from nao.ws_search import WS_PRESETS, WsSearch
+
+WS_SPACES = ("ptb_ws",)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("mode", "search", "search: run the strategies; evaluate: score --arch on the evaluator; "
@@ -62,6 +66,10 @@ flags.DEFINE_string("child_preset", "paper", f"train/transfer recipe, one of: {'
 flags.DEFINE_string("from_checkpoint", None, "transfer: a training run directory (or its checkpoints/).")
 flags.DEFINE_string("transfer", "weights", "transfer: 'weights' keeps the cell's trained weights (new "
                     "embedding and softmax); 'arch' trains the architecture from scratch (the paper).")
+flags.DEFINE_string("evaluator", "table", "search: 'table' looks architectures up in a benchmark table "
+                    "(nb201, nb101); 'supernet' is the weight-sharing search NAO-WS (ptb_ws).")
+flags.DEFINE_integer("score_windows", 10, "NAO-WS on PTB: every cell is scored on this many validation "
+                     "windows (the same ones for all; 0 = the whole validation set).")
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (several hosts, one job).")
 _CHILD_FLAGS = {
     "epochs": (flags.DEFINE_integer, "Training epochs (paper PTB 4000)."),
@@ -103,18 +111,20 @@ _USER_ERRORS = (ValueError, BenchmarkFileError, RunDirError, HistoryError, Searc
                 InvalidArchitectureError, DatasetError, CheckpointError, TrainingDivergedError)
 
 
+def _overrides(names) -> dict:
+    """The flags among ``names`` that were set (unset means the preset's value)."""
+    return {n: getattr(FLAGS, n) for n in names if getattr(FLAGS, n) is not None}
+
+
 def build_config() -> ExperimentConfig:
     if FLAGS.preset not in PRESETS:
         raise ValueError(f"unknown --preset={FLAGS.preset}: choose one of {', '.join(PRESETS)}")
 
-    def overrides(names):
-        return {n: getattr(FLAGS, n) for n in names if getattr(FLAGS, n) is not None}
-
     return ExperimentConfig(
         space=FLAGS.space, strategies=tuple(FLAGS.strategies), queries=FLAGS.queries, seeds=FLAGS.seeds,
         first_seed=FLAGS.first_seed, preset=FLAGS.preset,
-        controller=dataclasses.replace(PRESETS[FLAGS.preset], **overrides(_CONTROLLER_FLAGS)),
-        nao=dataclasses.replace(NAO_PRESETS[FLAGS.preset], **overrides(_NAO_FLAGS)),
+        controller=dataclasses.replace(PRESETS[FLAGS.preset], **_overrides(_CONTROLLER_FLAGS)),
+        nao=dataclasses.replace(NAO_PRESETS[FLAGS.preset], **_overrides(_NAO_FLAGS)),
         benchmark_file=FLAGS.benchmark_file, valid_key=FLAGS.valid_key, test_key=FLAGS.test_key)
 
 
@@ -156,6 +166,38 @@ def train_or_transfer() -> int:
     return 0
 
 
+def ws_search() -> int:
+    if FLAGS.space not in WS_SPACES:
+        raise ValueError(f"--evaluator=supernet searches {', '.join(WS_SPACES)}; --space={FLAGS.space} has "
+                         "no supernet")
+    smoke = FLAGS.preset == "smoke"
+    options = dataclasses.replace(WS_PRESETS["smoke" if smoke else "paper"], seed=FLAGS.first_seed)
+    # The reference's controller unless smoke (the NB201-tuned 'default' is for tables).
+    controller = dataclasses.replace(PRESETS["smoke" if smoke else "paper"], **_overrides(_CONTROLLER_FLAGS))
+    dataset = FLAGS.dataset or "ptb"
+    if not FLAGS.data_dir:
+        raise ValueError("--evaluator=supernet needs --data_dir=DIR with the PTB token files")
+    corpus = load_corpus(dataset, FLAGS.data_dir)
+    supernet = LmSupernet(supernet_config("smoke" if smoke else "paper"), corpus, FLAGS.first_seed,
+                          score_windows=FLAGS.score_windows)
+    output_dir = FLAGS.output_dir or f"runs/{FLAGS.space}-{time.strftime('%Y%m%d-%H%M%S')}"
+    search = WsSearch(get_space(FLAGS.space), supernet, controller, options, output_dir,
+                      meta={"dataset": dataset, "vocab_fingerprint": corpus.vocab.fingerprint})
+    if FLAGS.resume:
+        search.resume()
+    elif search.store.latest_step() is not None:
+        raise ValueError(f"{output_dir} already holds a search: pass --resume to continue it, or choose "
+                         "another --output_dir")
+    summary = search.run()
+    print(f"\nNAO-WS on {FLAGS.space}: {summary['epochs']} supernet epochs, {len(summary['rounds'])} rounds; "
+          f"best cells by {supernet.score_name} with shared weights:")
+    for entry in summary["top"]:
+        print(f"  {entry[supernet.score_name]:9.2f}  {entry['arch']}")
+    print(f"train the best: python run_nao.py --mode=train --space=ptb --arch='{summary['top'][0]['arch']}' "
+          f"--data_dir=...\nresults, history and plots in {output_dir}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -163,12 +205,16 @@ def main(argv: list[str]) -> int:
     if FLAGS.compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache_dir)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
-    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax reports every save at INFO
+    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax reports every save at INFO
     try:
         if FLAGS.multihost:
             initialize_multihost()
         if FLAGS.mode in ("train", "transfer"):
             return train_or_transfer()
+        if FLAGS.mode == "search" and FLAGS.evaluator == "supernet":
+            return ws_search()
+        if FLAGS.evaluator != "table":
+            raise ValueError(f"unknown --evaluator={FLAGS.evaluator}: choose table or supernet")
         config = build_config()
         if FLAGS.mode == "evaluate":
             evaluate_arch(config)

@@ -50,6 +50,22 @@ def plot_search_curves(summary: dict[str, Any], path: str | os.PathLike) -> None
     plt.close(fig)
 
 
+def plot_ws_rounds(rounds: list[dict[str, Any]], score_name: str, path: str | os.PathLike) -> None:
+    """A weight-sharing search: best and mean pool score at each round's epoch."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    epochs = [r["epoch"] for r in rounds]
+    ax.plot(epochs, [r[f"best_{score_name}"] for r in rounds], "o-", label="best cell of the pool")
+    ax.plot(epochs, [r[f"mean_{score_name}"] for r in rounds], "s--", label="pool mean")
+    ax.set_xlabel("supernet epochs")
+    ax.set_ylabel(f"{score_name} with shared weights")
+    ax.set_title("NAO-WS: the pool after each controller round")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 # Cell drawings are laid out in inches: every cell's axes maps one data unit to one inch, so font
 # sizes (points) and positions share one scale and the figure is sized to fit the layout exactly.
 _DPI = 120

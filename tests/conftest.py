@@ -6,6 +6,9 @@ fit / predict / generate functions compile once per pytest session.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from data.nasbench import Nb201Table, load_nb201_table
@@ -35,3 +38,26 @@ def nb201_table() -> Nb201Table:
 @pytest.fixture(scope="session")
 def nb201_evaluator(nb201_table) -> Nb201TableEvaluator:
     return Nb201TableEvaluator(nb201_table)
+
+
+def write_corpus(folder: Path, words: list[str], lines: int, seed: int) -> Path:
+    """Sentences from a small grammar: a language model can learn it, so perplexity must fall."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, count in (("train.txt", lines), ("valid.txt", lines // 8), ("test.txt", lines // 8)):
+        text = []
+        for _ in range(count):
+            start = rng.integers(len(words) - 4)
+            text.append(" " + " ".join(words[start:start + 4]) + " " + words[rng.integers(len(words))])
+        (folder / name).write_text("\n".join(text) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def ptb_dir(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("ptb"), [f"w{i}" for i in range(40)], 300, 0)
+
+
+@pytest.fixture(scope="session")
+def wt2_dir(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("wt2"), [f"v{i}" for i in range(60)], 300, 1)

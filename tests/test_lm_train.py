@@ -22,29 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = dataclasses.replace(LM_PRESETS["smoke"], epochs=1, log_every=5)
 
 
-def write_corpus(folder: Path, words: list[str], lines: int, seed: int) -> Path:
-    """Sentences from a small grammar: a language model can learn it, so perplexity must fall."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, count in (("train.txt", lines), ("valid.txt", lines // 8), ("test.txt", lines // 8)):
-        text = []
-        for _ in range(count):
-            start = rng.integers(len(words) - 4)
-            text.append(" " + " ".join(words[start:start + 4]) + " " + words[rng.integers(len(words))])
-        (folder / name).write_text("\n".join(text) + "\n")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def ptb_dir(tmp_path_factory) -> Path:
-    return write_corpus(tmp_path_factory.mktemp("ptb"), [f"w{i}" for i in range(40)], 300, 0)
-
-
-@pytest.fixture(scope="module")
-def wt2_dir(tmp_path_factory) -> Path:
-    return write_corpus(tmp_path_factory.mktemp("wt2"), [f"v{i}" for i in range(60)], 300, 1)
-
-
 @pytest.fixture(scope="module")
 def trained(ptb_dir, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("runs") / "ptb"

@@ -1,0 +1,106 @@
+"""The NAO-WS language-model supernet: train with one uniformly sampled cell per step, score cells.
+
+Reference §4.5: one recurrent layer of 300 units, tied softmax, the final model's dropouts, plain
+SGD (lr 0.25, clip 10, weight decay 5e-7) with batch 256 and AWD-LSTM windows. The original
+scored each cell on one random minibatch whose offset bug confined it to the first ~3% of the
+validation stream (§7.2.8); here every cell is scored on the same windows (``score_windows``
+of them from the start of the batchified validation stream, or all of it when 0), so scores
+are comparable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from data.text import Corpus, batchify, windows
+from models import parallel
+from models.lm_train import LmTrainConfig, evaluate, init_params, make_eval_step, make_train_step, perplexity
+from models.rnn import RecurrentLM
+from nao.spaces.ptb import NUM_NODES
+
+log = logging.getLogger("nao")
+
+SUPERNET_PRESETS: dict[str, LmTrainConfig] = {
+    "paper": LmTrainConfig(emb_size=300, hidden_size=300, batch_size=256, eval_batch_size=64, lr=0.25,
+                           clip=10.0, weight_decay=5e-7, epochs=1000),
+    "smoke": LmTrainConfig(emb_size=16, hidden_size=16, dropout=0.1, dropout_h=0.1, dropout_x=0.1,
+                           dropout_i=0.1, batch_size=8, eval_batch_size=8, bptt=8, length_bucket=16,
+                           lr=2.0, clip=1.0, epochs=2),
+}
+
+
+class LmSupernet:
+    """Weights shared by every cell of the PTB space; ``state`` is what a checkpoint holds."""
+
+    score_name = "valid_ppl"
+    higher_is_better = False
+
+    def __init__(self, config: LmTrainConfig, corpus: Corpus, seed: int, score_windows: int = 10):
+        devices = jax.local_device_count()
+        for name in ("batch_size", "eval_batch_size"):
+            if getattr(config, name) % devices:
+                raise ValueError(f"supernet {name}={getattr(config, name)} must be divisible by the "
+                                 f"{devices} local devices")
+        self.config, self.corpus, self.seed, self.score_windows = config, corpus, seed, score_windows
+        self.model = RecurrentLM(config.model_config(len(corpus.vocab), shared=True))
+        self.train_step = make_train_step(self.model, config.clip, config.weight_decay, config.tar_beta)
+        self.eval_step = make_eval_step(self.model)
+        self.stream = batchify(corpus.train, config.batch_size)
+        any_cell = np.zeros(2 * NUM_NODES, np.int32)
+        params = jax.tree.map(np.asarray, init_params(self.model, any_cell, jax.random.key(seed)))
+        self._replicated = parallel.replicate({"params": params, "avg": params, "count": np.int32(0)})
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return {"params": parallel.unreplicate(self._replicated["params"])}
+
+    @state.setter
+    def state(self, value: dict[str, Any]) -> None:
+        params = value["params"]
+        self._replicated = parallel.replicate({"params": params, "avg": params, "count": np.int32(0)})
+
+    def train_epoch(self, archs: Sequence[Hashable], epoch: int) -> dict[str, float]:
+        """One pass over the training stream, each window with a cell drawn uniformly from ``archs``."""
+        cfg, devices = self.config, jax.local_device_count()
+        rng = np.random.default_rng([self.seed, epoch])
+        key = jax.random.fold_in(jax.random.key(self.seed), epoch)
+        hidden = parallel.shard(np.zeros((cfg.batch_size, cfg.hidden_size), np.float32), devices)
+        table = np.asarray(archs, np.int32)
+        ce_total, count, start = 0.0, 0, time.perf_counter()
+        for step, window in enumerate(windows(self.stream, cfg.bptt, rng, cfg.length_bucket)):
+            arch = table[rng.integers(len(table))]
+            lr = np.float32(cfg.lr * window.length / cfg.bptt)
+            batch = parallel.shard((window.inputs, window.targets), devices)
+            self._replicated, hidden, ce, _ = self.train_step(
+                self._replicated, *batch, np.int32(window.length), hidden, arch, lr,
+                jax.random.fold_in(key, step), np.bool_(False))
+            ce_total += ce[0] * window.length
+            count += window.length
+        mean = float(ce_total) / max(count, 1)
+        seconds = time.perf_counter() - start
+        return {"train_ppl": perplexity(mean), "seconds": seconds,
+                "tokens_per_s": count * cfg.batch_size / seconds}
+
+    def score(self, archs: Sequence[Hashable]) -> list[float]:
+        """Validation perplexity of every cell with the shared weights (lower is better)."""
+        cfg = self.config
+        params = self._replicated["params"]
+        out = []
+        for arch in archs:
+            loss = evaluate(self.eval_step, params, self.corpus.valid, cfg.eval_batch_size, cfg.bptt,
+                            cfg.hidden_size, arch=np.asarray(arch, np.int32), max_windows=self.score_windows)
+            out.append(perplexity(loss))
+        return out
+
+
+def supernet_config(preset: str, **overrides: Any) -> LmTrainConfig:
+    if preset not in SUPERNET_PRESETS:
+        raise ValueError(f"unknown supernet preset {preset!r}: choose one of {', '.join(SUPERNET_PRESETS)}")
+    return dataclasses.replace(SUPERNET_PRESETS[preset], **overrides)
