@@ -21,8 +21,15 @@ import numpy as np
 
 from data.text import Corpus, batchify, windows
 from models import parallel
-from models.lm_train import LmTrainConfig, evaluate, init_params, make_eval_step, make_train_step, perplexity
-from models.rnn import RecurrentLM
+from models.lm_train import (
+    LmTrainConfig,
+    evaluate,
+    init_params,
+    make_eval_step,
+    make_supernet_step,
+    perplexity,
+)
+from models.rnn import RecurrentLM, init_bank
 from nao.spaces.ptb import NUM_NODES
 
 log = logging.getLogger("nao")
@@ -49,13 +56,15 @@ class LmSupernet:
                 raise ValueError(f"supernet {name}={getattr(config, name)} must be divisible by the "
                                  f"{devices} local devices")
         self.config, self.corpus, self.seed, self.score_windows = config, corpus, seed, score_windows
-        self.model = RecurrentLM(config.model_config(len(corpus.vocab), shared=True))
-        self.train_step = make_train_step(self.model, config.clip, config.weight_decay, config.tar_beta)
-        self.eval_step = make_eval_step(self.model)
+        self.model = RecurrentLM(config.model_config(len(corpus.vocab)))
+        self.train_step = make_supernet_step(self.model, config.clip, config.weight_decay, config.tar_beta)
+        self.eval_step = make_eval_step(self.model, supernet=True)
         self.stream = batchify(corpus.train, config.batch_size)
-        any_cell = np.zeros(2 * NUM_NODES, np.int32)
-        params = jax.tree.map(np.asarray, init_params(self.model, any_cell, jax.random.key(seed)))
-        self._replicated = parallel.replicate({"params": params, "avg": params, "count": np.int32(0)})
+        key = jax.random.key(seed)
+        params = init_params(self.model, np.zeros(2 * NUM_NODES, np.int32), key)
+        params = {k: v for k, v in params.items() if k != "cell"}
+        params["cell_bank"] = init_bank(jax.random.fold_in(key, 1), config.hidden_size)
+        self.state = {"params": jax.tree.map(np.asarray, params)}
 
     @property
     def state(self) -> dict[str, Any]:
@@ -63,8 +72,7 @@ class LmSupernet:
 
     @state.setter
     def state(self, value: dict[str, Any]) -> None:
-        params = value["params"]
-        self._replicated = parallel.replicate({"params": params, "avg": params, "count": np.int32(0)})
+        self._replicated = parallel.replicate({"params": value["params"]})
 
     def train_epoch(self, archs: Sequence[Hashable], epoch: int) -> dict[str, float]:
         """One pass over the training stream, each window with a cell drawn uniformly from ``archs``."""
@@ -80,7 +88,7 @@ class LmSupernet:
             batch = parallel.shard((window.inputs, window.targets), devices)
             self._replicated, hidden, ce, _ = self.train_step(
                 self._replicated, *batch, np.int32(window.length), hidden, arch, lr,
-                jax.random.fold_in(key, step), np.bool_(False))
+                jax.random.fold_in(key, step))
             ce_total += ce[0] * window.length
             count += window.length
         mean = float(ce_total) / max(count, 1)

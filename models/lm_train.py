@@ -33,7 +33,7 @@ import optax
 from data.text import Corpus, batchify, window_lengths, windows
 from models import parallel
 from models.checkpoint import CheckpointStore
-from models.rnn import LmConfig, RecurrentLM
+from models.rnn import LmConfig, RecurrentLM, bank_rows, gather_cell
 
 log = logging.getLogger("nao")
 
@@ -68,10 +68,10 @@ class LmTrainConfig:
     log_every: int = 100  # steps between log lines
     seed: int = 0
 
-    def model_config(self, vocab_size: int, shared: bool = False) -> LmConfig:
+    def model_config(self, vocab_size: int) -> LmConfig:
         return LmConfig(vocab_size=vocab_size, emb_size=self.emb_size, hidden_size=self.hidden_size,
                         dropout=self.dropout, dropout_h=self.dropout_h, dropout_x=self.dropout_x,
-                        dropout_i=self.dropout_i, dropout_e=self.dropout_e, shared=shared)
+                        dropout_i=self.dropout_i, dropout_e=self.dropout_e)
 
 
 LM_PRESETS: dict[str, LmTrainConfig] = {
@@ -121,44 +121,82 @@ def lm_loss(model: RecurrentLM, params, inputs, targets, length, hidden, arch, r
     return loss, (mean_ce, hidden)
 
 
+def _clipped_grads(model: RecurrentLM, params, inputs, targets, length, hidden, arch, rng, clip: float,
+                   tar_beta: float):
+    """Gradients averaged over devices and clipped by their global norm (the original's order)."""
+    grad_fn = jax.value_and_grad(lm_loss, argnums=1, has_aux=True)
+    (_, (ce, hidden)), grads = grad_fn(model, params, inputs, targets, length, hidden, arch,
+                                       parallel.device_rng(rng), True, tar_beta)
+    grads = jax.lax.pmean(grads, parallel.AXIS)
+    norm = optax.tree.norm(grads)
+    scale = jnp.minimum(1.0, clip / jnp.maximum(norm, 1e-12))
+    return jax.tree.map(lambda g: g * scale, grads), hidden, jax.lax.pmean(ce, parallel.AXIS), norm
+
+
+_STEP_AXES = (0, 0, 0, None, 0, None, None, None)  # state, inputs, targets, length, hidden, arch, lr, rng
+
+
 @functools.lru_cache(maxsize=16)  # runs of one process (tests, resumes) reuse the compiled step
 def make_train_step(model: RecurrentLM, clip: float, weight_decay: float, tar_beta: float,
                     fixed_arch: tuple[int, ...] | None = None) -> Callable:
     """Pmapped SGD step: (state, inputs, targets, length, hidden, arch, lr, rng, averaging).
 
     ``state`` is {params, avg, count}. With ``fixed_arch`` the cell is a compile-time
-    constant and the ``arch`` argument is ignored; otherwise ``arch`` is traced (the supernet).
+    constant and the ``arch`` argument is ignored; otherwise ``arch`` is traced.
     """
-
     constant = None if fixed_arch is None else np.asarray(fixed_arch, np.int64)
 
     def step(state, inputs, targets, length, hidden, arch, lr, rng, averaging):
         arch = constant if constant is not None else arch
-        grad_fn = jax.value_and_grad(lm_loss, argnums=1, has_aux=True)
-        (_, (ce, hidden)), grads = grad_fn(model, state["params"], inputs, targets, length, hidden, arch,
-                                           parallel.device_rng(rng), True, tar_beta)
-        grads = jax.lax.pmean(grads, parallel.AXIS)
-        ce = jax.lax.pmean(ce, parallel.AXIS)
-        norm = optax.tree.norm(grads)
-        scale = jnp.minimum(1.0, clip / jnp.maximum(norm, 1e-12))
-        params = jax.tree.map(lambda p, g: p - lr * (g * scale + weight_decay * p), state["params"], grads)
+        grads, hidden, ce, norm = _clipped_grads(model, state["params"], inputs, targets, length, hidden,
+                                                 arch, rng, clip, tar_beta)
+        params = jax.tree.map(lambda p, g: p - lr * (g + weight_decay * p), state["params"], grads)
         # Averaged SGD keeps the running mean of the iterates since the switch (t0 = 0, lambda = 0).
         count = state["count"] + averaging.astype(jnp.int32)
         avg = jax.tree.map(lambda a, p: jnp.where(averaging, a + (p - a) / jnp.maximum(count, 1), p),
                            state["avg"], params)
         return {"params": params, "avg": avg, "count": count}, hidden, ce, norm
 
-    return jax.pmap(step, axis_name=parallel.AXIS, in_axes=(0, 0, 0, None, 0, None, None, None, None),
-                    donate_argnums=(0,))
+    return jax.pmap(step, axis_name=parallel.AXIS, in_axes=_STEP_AXES + (None,), donate_argnums=(0,))
 
 
 @functools.lru_cache(maxsize=16)
-def make_eval_step(model: RecurrentLM, fixed_arch: tuple[int, ...] | None = None) -> Callable:
-    """Pmapped: (params, inputs, targets, length, hidden, arch) -> (summed cross-entropy, hidden)."""
+def make_supernet_step(model: RecurrentLM, clip: float, weight_decay: float, tar_beta: float) -> Callable:
+    """Pmapped SGD step of the supernet: (state, inputs, targets, length, hidden, arch, lr, rng).
+
+    ``state`` is {params} with a ``cell_bank``. The step gathers the 11 matrices of ``arch``,
+    and writes back only those rows: weight decay, too, applies to the rows a step uses (lazily,
+    as for sparse embeddings), so a step never sweeps the whole bank.
+    """
+
+    def step(state, inputs, targets, length, hidden, arch, lr, rng):
+        params = state["params"]
+        grads, hidden, ce, norm = _clipped_grads(model, gather_cell(params, arch), inputs, targets, length,
+                                                 hidden, arch, rng, clip, tar_beta)
+        cell_grads = grads.pop("cell")
+        updated = {k: params[k] - lr * (g + weight_decay * params[k]) for k, g in grads.items()}
+        rows = bank_rows(arch)
+        bank = params["cell_bank"]
+        cell = bank[rows]
+        updated["cell_bank"] = bank.at[rows].set(cell - lr * (cell_grads + weight_decay * cell))
+        return {"params": updated}, hidden, ce, norm
+
+    return jax.pmap(step, axis_name=parallel.AXIS, in_axes=_STEP_AXES, donate_argnums=(0,))
+
+
+@functools.lru_cache(maxsize=16)
+def make_eval_step(model: RecurrentLM, fixed_arch: tuple[int, ...] | None = None,
+                   supernet: bool = False) -> Callable:
+    """Pmapped: (params, inputs, targets, length, hidden, arch) -> (summed cross-entropy, hidden).
+
+    ``supernet``: ``params`` hold a ``cell_bank`` from which the cell ``arch`` is gathered.
+    """
     constant = None if fixed_arch is None else np.asarray(fixed_arch, np.int64)
 
     def step(params, inputs, targets, length, hidden, arch):
         arch = constant if constant is not None else arch
+        if supernet:
+            params = gather_cell(params, arch)
         _, (ce, hidden) = lm_loss(model, params, inputs, targets, length, hidden, arch, None, False)
         return jax.lax.psum(ce * length * inputs.shape[0], parallel.AXIS), hidden
 

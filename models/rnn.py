@@ -1,12 +1,14 @@
 """The NAO recurrent-cell language model and its weight-sharing supernet (reference §1.5, §4.5, §5.4).
 
-One module serves both. The cell's architecture is an int array ``(p1, a1, ..., p11, a11)``:
+The module takes the cell's architecture, an int array ``(p1, a1, ..., p11, a11)``, and one
+matrix per node (param ``cell``, (11, H, 2H)):
 
-* traced (a jit argument), it is the supernet: node i takes its weight matrix from a bank
-  holding one per (node, predecessor, activation), as NAO-WS does, so one compilation serves
-  every cell;
-* a NumPy constant closed over by the jitted function, it is a fixed cell: indices are
-  static, XLA folds them away, and only the 11 matrices of that cell exist.
+* as a NumPy constant closed over by the jitted function it is a fixed cell: indices are
+  static and XLA folds them away;
+* traced (a jit argument) it serves every cell with one compilation: the supernet. Its weights
+  are a bank with one matrix per (node, predecessor, activation), as NAO-WS has; a step gathers
+  the 11 matrices of its cell (``gather_cell``), runs the same module, and writes back only
+  those rows (``models.lm_train``), so a step costs what a fixed cell's step costs.
 
 Either way the cell output is the mean of s1..s11 (the original supernet averaged s0..s11
 while its final cell averaged s1..s11, reference §7.2.7; here search and final training agree).
@@ -45,7 +47,6 @@ class LmConfig:
     dropout_x: float = 0.75  # cell input x
     dropout_i: float = 0.2  # embedding output
     dropout_e: float = 0.0  # whole words (rows of the embedding)
-    shared: bool = False  # True: the supernet's weight bank
 
     def __post_init__(self):
         if self.emb_size != self.hidden_size:
@@ -56,11 +57,45 @@ class LmConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1)")
 
 
+_ACTIVATIONS = (jnp.tanh, jax.nn.relu, jax.nn.sigmoid, lambda v: v)
+
+
 def _activate(h: jax.Array, act) -> jax.Array:
-    functions = (jnp.tanh, jax.nn.relu, jax.nn.sigmoid, lambda v: v)
+    """``act`` an int (fixed cell) or a traced int (supernet)."""
     if isinstance(act, (int, np.integer)):
-        return functions[act](h)
-    return jnp.select([act == k for k in range(len(functions))], [f(h) for f in functions])
+        return _ACTIVATIONS[act](h)
+    return jax.lax.switch(act, _ACTIVATIONS, h)
+
+
+def _select(states: list[jax.Array], pred) -> jax.Array:
+    """``pred`` an int (fixed cell) or a traced int (supernet)."""
+    if isinstance(pred, (int, np.integer)):
+        return states[pred]
+    # A branch per state so far (switch clamps the index): only the chosen one runs, forward and back.
+    return jax.lax.switch(pred, [lambda state=state: state for state in states])
+
+
+def _uniform(scale: float):
+    init = nn.initializers.uniform(2 * scale)
+    return lambda rng, shape, dtype=jnp.float32: init(rng, shape, dtype) - scale
+
+
+def bank_rows(arch) -> jax.Array:
+    """(11,) rows of the supernet's weight bank that the cell ``arch`` uses."""
+    arch = jnp.asarray(arch, jnp.int32)
+    return _BANK_OFFSET + 4 * arch[0::2] + arch[1::2]
+
+
+def init_bank(key: jax.Array, hidden_size: int) -> jax.Array:
+    """The supernet's (BANK_ROWS, H, 2H) matrices, initialised as a cell's are."""
+    return _uniform(_INIT_RANGE)(key, (BANK_ROWS, hidden_size, 2 * hidden_size))
+
+
+def gather_cell(params: dict, arch) -> dict:
+    """Supernet params {..., cell_bank} -> the params of the cell ``arch`` {..., cell}."""
+    out = {k: v for k, v in params.items() if k != "cell_bank"}
+    out["cell"] = params["cell_bank"][bank_rows(arch)]
+    return out
 
 
 def _locked_mask(rng: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
@@ -74,29 +109,15 @@ class RecurrentLM(nn.Module):
 
     config: LmConfig
 
-    def cell_weights(self, arch) -> jax.Array:
-        """(11, H, 2H): the matrix of every node of ``arch``."""
-        cfg = self.config
-        init = nn.initializers.uniform(2 * _INIT_RANGE)
-        shift = lambda rng, shape: init(rng, shape) - _INIT_RANGE  # noqa: E731
-        if not cfg.shared:
-            return self.param("cell", shift, (NUM_NODES, cfg.hidden_size, 2 * cfg.hidden_size))
-        bank = self.param("cell_bank", shift, (BANK_ROWS, cfg.hidden_size, 2 * cfg.hidden_size))
-        arch = jnp.asarray(arch, jnp.int32)
-        return bank[_BANK_OFFSET + 4 * arch[0::2] + arch[1::2]]
-
     @nn.compact
     def __call__(self, tokens: jax.Array, hidden: jax.Array, arch, length: jax.Array | int | None = None,
                  train: bool = False):
         cfg = self.config
         batch, steps = tokens.shape
-        uniform = nn.initializers.uniform(2 * _EMBED_RANGE)
-        embedding = self.param("embedding", lambda r, s: uniform(r, s) - _EMBED_RANGE,
-                               (cfg.vocab_size, cfg.emb_size))
-        init = nn.initializers.uniform(2 * _INIT_RANGE)
-        w_input = self.param("w_input", lambda r, s: init(r, s) - _INIT_RANGE,
-                             (cfg.emb_size + cfg.hidden_size, 2 * cfg.hidden_size))
-        weights = self.cell_weights(arch)
+        embedding = self.param("embedding", _uniform(_EMBED_RANGE), (cfg.vocab_size, cfg.emb_size))
+        w_input = self.param("w_input", _uniform(_INIT_RANGE), (cfg.emb_size + cfg.hidden_size,
+                                                                2 * cfg.hidden_size))
+        weights = self.param("cell", _uniform(_INIT_RANGE), (NUM_NODES, cfg.hidden_size, 2 * cfg.hidden_size))
         bias = self.param("softmax_bias", nn.initializers.zeros, (cfg.vocab_size,))
 
         def mask(rate: float, shape: tuple[int, ...]):
@@ -117,13 +138,18 @@ class RecurrentLM(nn.Module):
             gate, value = jnp.split(projected, 2, axis=-1)
             return prev + jax.nn.sigmoid(gate) * (_activate(value, act) - prev)
 
+        if isinstance(arch, np.ndarray):
+            preds, acts = list(arch[0::2]), list(arch[1::2])
+        else:
+            preds = jnp.asarray(arch, jnp.int32)[0::2]
+            acts = jnp.asarray(arch, jnp.int32)[1::2]
+
         def step(h_prev, inputs):
             x_t, valid_t = inputs
             states = [highway(h_prev, x_t + (h_prev * h_mask) @ w_hidden, 0)]
             for node in range(NUM_NODES):
-                pred, act = arch[2 * node], arch[2 * node + 1]
-                prev = states[pred] if isinstance(pred, (int, np.integer)) else jnp.stack(states)[pred]
-                states.append(highway(prev, (prev * h_mask) @ weights[node], act))
+                prev = _select(states, preds[node])
+                states.append(highway(prev, (prev * h_mask) @ weights[node], acts[node]))
             h_t = jnp.mean(jnp.stack(states[1:]), axis=0)
             return jnp.where(valid_t, h_t, h_prev), h_t
 

@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models.rnn import _BANK_OFFSET, BANK_ROWS, LmConfig, RecurrentLM, static_arch
+from models import lm_train, parallel
+from models.lm_train import lm_loss, make_eval_step, make_supernet_step
+from models.rnn import _BANK_OFFSET, BANK_ROWS, LmConfig, RecurrentLM, init_bank, static_arch
 from nao.spaces.ptb import ACTIVATIONS, PtbSpace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,60 +61,71 @@ def test_fixed_cell_matches_the_reference_equations():
     np.testing.assert_allclose(outputs[:, 1], h2, atol=1e-5)
 
 
+def supernet_params(model, key=0):
+    params = dict(init(model, SPACE.from_string("naonet")))
+    params.pop("cell")
+    params["cell_bank"] = init_bank(jax.random.key(key), model.config.hidden_size)
+    return params
+
+
 def test_supernet_equals_the_fixed_cell_given_the_same_weights():
-    shared = RecurrentLM(LmConfig(**TINY, shared=True))
-    fixed = RecurrentLM(LmConfig(**TINY))
-    apply_shared = jax.jit(lambda params, hidden, arch: shared.apply({"params": params}, tokens(), hidden,
-                                                                     arch)[0])
-    for arch in sample_archs(3):
-        bank_params = init(shared, arch)
-        assert bank_params["cell_bank"].shape == (BANK_ROWS, 8, 16)
+    model = RecurrentLM(LmConfig(**TINY))
+    params = supernet_params(model)
+    assert params["cell_bank"].shape == (BANK_ROWS, 8, 16)
+    eval_step = make_eval_step(model, supernet=True)
+    rng = np.random.default_rng(0)
+    inputs, targets = (rng.integers(0, 30, (1, 2, 6)).astype(np.int32) for _ in range(2))
+    hidden = np.zeros((1, 2, 8), np.float32)
+    for arch in sample_archs(2):
         rows = _BANK_OFFSET + 4 * np.array(arch[0::2]) + np.array(arch[1::2])
-        fixed_params = {k: v for k, v in bank_params.items() if k != "cell_bank"}
-        fixed_params["cell"] = bank_params["cell_bank"][rows]
-        hidden = fixed.initial_hidden(3)
-        want = fixed.apply({"params": fixed_params}, tokens(), hidden, static_arch(arch))[0]
-        got = apply_shared(bank_params, hidden, jnp.asarray(arch))
-        np.testing.assert_allclose(got, want, atol=1e-5)
+        fixed = {k: v for k, v in params.items() if k != "cell_bank"}
+        fixed["cell"] = params["cell_bank"][rows]
+        want = make_eval_step(model, fixed_arch=tuple(arch))(
+            parallel.replicate(fixed, 1), inputs, targets, np.int32(6), hidden, None)[0]
+        got = eval_step(parallel.replicate(params, 1), inputs, targets, np.int32(6), hidden,
+                        np.asarray(arch, np.int32))[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
-def test_one_compilation_serves_twenty_cells_of_the_supernet():
-    model = RecurrentLM(LmConfig(**TINY, shared=True))
+def test_one_compilation_serves_twenty_cells_of_the_supernet(monkeypatch):
+    model = RecurrentLM(LmConfig(**TINY))
     archs = sample_archs(20, seed=5)
-    params = init(model, archs[0])
     traces = []
 
-    @jax.jit
-    def loss_and_grad(params, arch):
-        traces.append(1)
+    def counted_loss(*args, **kwargs):
+        traces.append(1)  # runs once per trace, i.e. once per compilation
+        return lm_loss(*args, **kwargs)
 
-        def loss(p):
-            logits, _, _ = model.apply({"params": p}, tokens(), model.initial_hidden(3), arch, train=True,
-                                       rngs={"dropout": jax.random.key(0)})
-            return jnp.mean(jax.nn.logsumexp(logits, -1))
-
-        return jax.value_and_grad(loss)(params)
-
-    losses = [float(loss_and_grad(params, jnp.asarray(a, jnp.int32))[0]) for a in archs]
+    monkeypatch.setattr(lm_train, "lm_loss", counted_loss)
+    step = make_supernet_step.__wrapped__(model, clip=0.25, weight_decay=1e-4, tar_beta=1e-3)
+    state = parallel.replicate({"params": supernet_params(model)}, 1)
+    rng = np.random.default_rng(0)
+    inputs, targets = (rng.integers(0, 30, (1, 3, 6)).astype(np.int32) for _ in range(2))
+    hidden = np.zeros((1, 3, 8), np.float32)
+    losses = []
+    for arch in archs:
+        state, _, ce, _ = step(state, inputs, targets, np.int32(6), hidden, np.asarray(arch, np.int32),
+                               np.float32(0.0), jax.random.key(0))
+        losses.append(float(ce[0]))
     assert len(traces) == 1
-    assert loss_and_grad._cache_size() == 1
     assert len(set(np.round(losses, 6))) == len(archs)
 
 
-def test_supernet_gradient_reaches_only_the_rows_of_the_sampled_cell():
-    model = RecurrentLM(LmConfig(**TINY, shared=True, dropout=0.0, dropout_h=0.0, dropout_x=0.0,
-                                 dropout_i=0.0))
+def test_a_supernet_step_changes_only_the_rows_of_its_cell():
+    model = RecurrentLM(LmConfig(**TINY))
     arch = sample_archs(1, seed=2)[0]
-    params = init(model, arch)
-
-    def loss(p):
-        logits, _, _ = model.apply({"params": p}, tokens(), model.initial_hidden(3), jnp.asarray(arch))
-        return jnp.mean(logits ** 2)
-
-    grads = jax.grad(loss)(params)
-    touched = np.flatnonzero(np.abs(np.asarray(grads["cell_bank"])).sum(axis=(1, 2)) > 0)
+    params = supernet_params(model)
+    step = make_supernet_step(model, clip=0.25, weight_decay=1e-4, tar_beta=1e-3)
+    rng = np.random.default_rng(0)
+    inputs, targets = (rng.integers(0, 30, (1, 3, 6)).astype(np.int32) for _ in range(2))
+    state, _, _, _ = step(parallel.replicate({"params": params}, 1), inputs, targets, np.int32(6),
+                          np.zeros((1, 3, 8), np.float32), np.asarray(arch, np.int32), np.float32(1.0),
+                          jax.random.key(0))
+    after = np.asarray(state["params"]["cell_bank"][0])
+    changed = np.flatnonzero(np.abs(after - np.asarray(params["cell_bank"])).sum(axis=(1, 2)) > 0)
     rows = _BANK_OFFSET + 4 * np.array(arch[0::2]) + np.array(arch[1::2])
-    np.testing.assert_array_equal(touched, np.sort(rows))
+    np.testing.assert_array_equal(changed, np.sort(rows))
+    assert not np.allclose(state["params"]["embedding"][0], params["embedding"])
 
 
 def test_padding_after_length_leaves_the_carried_state_alone():
@@ -163,8 +176,8 @@ _DEVICES_SCRIPT = textwrap.dedent("""
     from models.rnn import LmConfig, RecurrentLM
     from nao.spaces.ptb import PtbSpace
     assert jax.local_device_count() == 4
-    model = RecurrentLM(LmConfig(vocab_size=50, emb_size=8, hidden_size=8, shared=True, dropout=0.0,
-                                 dropout_h=0.0, dropout_x=0.0, dropout_i=0.0))
+    model = RecurrentLM(LmConfig(vocab_size=50, emb_size=8, hidden_size=8, dropout=0.0, dropout_h=0.0,
+                                 dropout_x=0.0, dropout_i=0.0))
     arch = np.asarray(PtbSpace().from_string("naonet"), np.int32)
     params = jax.tree.map(np.asarray, init_params(model, arch, jax.random.key(0)))
     rng = np.random.default_rng(0)
