@@ -16,10 +16,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
-import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +32,7 @@ from data.text import Corpus, batchify, window_lengths, windows
 from models import parallel
 from models.checkpoint import CheckpointStore
 from models.rnn import LmConfig, RecurrentLM, bank_rows, gather_cell
+from nao.files import write_json
 
 log = logging.getLogger("nao")
 
@@ -250,11 +249,6 @@ def init_params(model: RecurrentLM, arch, key: jax.Array, batch: int = 2):
     return model.init(key, tokens, model.initial_hidden(batch), jnp.asarray(arch, jnp.int32))["params"]
 
 
-def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
-
 
 def train_lm(config: LmTrainConfig, run: LmRun, resume: bool = False) -> dict[str, Any]:
     """Train the fixed cell ``run.arch``; checkpoints every epoch; returns the final metrics."""
@@ -354,13 +348,13 @@ def train_lm(config: LmTrainConfig, run: LmRun, resume: bool = False) -> dict[st
         store.save(epoch, {**host_state, "best": best}, {**meta, "progress": progress})
         log.info("epoch %d done in %s: valid ppl %.2f (best %.2f)%s", epoch, _duration(seconds),
                  row["valid_ppl"], row["best_valid_ppl"], "  [averaged SGD]" if progress["asgd"] else "")
-        _write_json(out / "metrics.json", _metrics(progress, None))
+        write_json(out / "metrics.json", _metrics(progress, None))
     best_replicated = parallel.replicate(best)
     test_loss = evaluate(eval_step, best_replicated, corpus.test, _eval_batch(config.test_batch_size),
                          config.bptt, hidden_size)
     valid_loss = evaluate(eval_step, best_replicated, corpus.valid, eval_batch, config.bptt, hidden_size)
     metrics = _metrics(progress, (valid_loss, test_loss))
-    _write_json(out / "metrics.json", metrics)
+    write_json(out / "metrics.json", metrics)
     log.info("best checkpoint: valid ppl %.2f, test ppl %.2f", metrics["valid_ppl"], metrics["test_ppl"])
     return metrics
 

@@ -32,6 +32,7 @@ from data.nasbench import NB101_SAMPLE, load_nb201_table
 from nao.controller import ControllerConfig, get_preset
 from nao.evaluators import Evaluator, Nb201TableEvaluator
 from nao.evaluators.nb101_table import nb101_table_space_and_evaluator
+from nao.files import write_json
 from nao.history import History
 from nao.search import Progress, best_so_far, search
 from nao.spaces import SearchSpace, get_space
@@ -96,11 +97,6 @@ def make_space_and_evaluator(config: ExperimentConfig) -> tuple[SearchSpace, Eva
     raise ValueError(f"space {config.space!r} has no tabular evaluator here; use --space=nb201 or nb101")
 
 
-def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, path)
-
 
 def prepare_run_dir(output_dir: Path, config: ExperimentConfig, resume: bool) -> None:
     """Create the run dir, or check that an existing one belongs to this configuration."""
@@ -123,7 +119,7 @@ def prepare_run_dir(output_dir: Path, config: ExperimentConfig, resume: bool) ->
     if output_dir.exists() and any(output_dir.iterdir()):
         raise RunDirError(f"{output_dir} is not empty and holds no nao run: choose another --output_dir")
     output_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(config_path, wanted)
+    write_json(config_path, wanted)
 
 
 def _log_progress(name: str, seed: int):
@@ -201,8 +197,8 @@ def run_experiment(config: ExperimentConfig, output_dir: str | os.PathLike, resu
             runs[name].append(rows)
             timing[name][str(seed)] = round(time.perf_counter() - start, 3)
     summary = summarize(config, runs, space, facts)
-    _write_json(output_dir / "summary.json", summary)
-    _write_json(output_dir / "timing.json", timing)
+    write_json(output_dir / "summary.json", summary)
+    write_json(output_dir / "timing.json", timing)
     if plots:
         from nao import plots as plotting  # matplotlib is imported only when plotting
 

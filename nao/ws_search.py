@@ -21,7 +21,6 @@ in flight; scores already in the history are not recomputed.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -34,6 +33,7 @@ import numpy as np
 
 from models.checkpoint import CheckpointStore
 from nao.controller import ControllerConfig
+from nao.files import write_json
 from nao.history import History
 from nao.spaces.base import SearchSpace
 from nao.strategies.base import Pool, sample_unseen
@@ -81,11 +81,6 @@ WS_PRESETS = {
                        max_eta=8, final_top=3),
 }
 
-
-def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
 
 
 class WsSearch:
@@ -199,7 +194,7 @@ class WsSearch:
         summary = {"space": self.space.name, "epochs": self.epoch, "rounds": self.rounds,
                    "top": [{"arch": rows[i]["arch"], name: rows[i][name]} for i in order],
                    "seconds_this_process": round(seconds, 1)}
-        _write_json(self.out / "summary.json", summary)
+        write_json(self.out / "summary.json", summary)
         from nao import plots  # matplotlib only when plotting
         plots.plot_ws_rounds(self.rounds, name, self.out / "search_curves.png")
         best = self.space.from_string(rows[order[0]]["arch"])
