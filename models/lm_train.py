@@ -13,7 +13,6 @@ same update as one device on the same global batch.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
 import logging
@@ -32,13 +31,11 @@ from data.text import Corpus, batchify, window_lengths, windows
 from models import parallel
 from models.checkpoint import CheckpointStore
 from models.rnn import LmConfig, RecurrentLM, bank_rows, gather_cell
+from models.training import TrainingDivergedError as TrainingDivergedError  # raised here; callers catch it
+from models.training import append_csv, check_batch, check_finite, device_multiple, duration, start_or_resume
 from nao.files import write_json
 
 log = logging.getLogger("nao")
-
-
-class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,12 +224,6 @@ def perplexity(loss: float) -> float:
 # Final training
 
 
-def _eval_batch(batch_size: int) -> int:
-    """The evaluation batch rounded up to a multiple of the local device count."""
-    devices = jax.local_device_count()
-    return -(-batch_size // devices) * devices
-
-
 @dataclasses.dataclass
 class LmRun:
     """What a training run needs besides the config: the cell, the data, where to write."""
@@ -254,9 +245,7 @@ def train_lm(config: LmTrainConfig, run: LmRun, resume: bool = False) -> dict[st
     """Train the fixed cell ``run.arch``; checkpoints every epoch; returns the final metrics."""
     corpus, out = run.corpus, run.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    devices = jax.local_device_count()
-    if config.batch_size % devices:
-        raise ValueError(f"--batch_size={config.batch_size} must be divisible by the {devices} local devices")
+    devices = check_batch(config.batch_size)
     model = RecurrentLM(config.model_config(len(corpus.vocab)))
     arch = tuple(int(v) for v in run.arch)
     train_step = make_train_step(model, config.clip, config.weight_decay, config.tar_beta, fixed_arch=arch)
@@ -268,24 +257,18 @@ def train_lm(config: LmTrainConfig, run: LmRun, resume: bool = False) -> dict[st
             "vocab_fingerprint": corpus.vocab.fingerprint, "vocab_size": len(corpus.vocab),
             "config": dataclasses.asdict(config)}
     store = CheckpointStore(out / "checkpoints")
-    progress = {"epoch": 0, "step": 0, "asgd": False, "val_losses": [], "best_val_loss": None,
-                "history": []}
+    # The words behind the embedding rows, so a checkpoint is usable without the training files.
+    (out / "vocab.txt").write_text("\n".join(corpus.vocab.words) + "\n")
     state = {"params": params, "avg": params, "count": np.int32(0), "best": params}
-    if resume and store.latest_step() is not None:
-        # The optimiser settings may change on resume (a lower lr after a divergence); what fixes
-        # the weights' meaning may not (the shapes are checked by the store).
-        state, saved = store.restore(state, expect={"arch": meta["arch"], "dataset": corpus.name,
-                                                    "vocab_fingerprint": corpus.vocab.fingerprint})
-        progress = saved["progress"]
-        log.info("resumed from epoch %d (step %d) in %s", progress["epoch"], progress["step"], out)
-    elif store.latest_step() is not None:
-        raise ValueError(f"{out} already holds a training run: pass --resume to continue it, or choose "
-                         "another --output_dir")
+    state, saved = start_or_resume(store, state, {"arch": meta["arch"], "dataset": corpus.name,
+                                                  "vocab_fingerprint": corpus.vocab.fingerprint}, resume, out)
+    progress = saved or {"epoch": 0, "step": 0, "asgd": False, "val_losses": [], "best_val_loss": None,
+                         "history": []}
     best = state.pop("best")
     replicated = parallel.replicate(state)
     stream = batchify(corpus.train, config.batch_size)
     hidden_size = config.hidden_size
-    eval_batch = _eval_batch(config.eval_batch_size)
+    eval_batch = device_multiple(config.eval_batch_size)
     steps_per_epoch = len(window_lengths(stream.shape[1], config.bptt, np.random.default_rng(0)))
     # An estimate for the ETA (window lengths are random); only max_steps stops a run early.
     total_steps = config.max_steps or steps_per_epoch * config.epochs
@@ -312,23 +295,23 @@ def train_lm(config: LmTrainConfig, run: LmRun, resume: bool = False) -> dict[st
             tokens += window.length * config.batch_size
             if progress["step"] % config.log_every == 0:
                 mean_ce = float(interval[0]) / interval[1]
-                _check_finite(mean_ce, epoch, progress["step"], store)
+                check_finite(mean_ce, epoch, progress["step"], store)
                 ce_sum, ce_count = ce_sum + mean_ce * interval[1], ce_count + interval[1]
                 rate = interval[1] * config.batch_size / (time.perf_counter() - interval[2])
                 done = progress["step"] - start_step
                 eta = (time.perf_counter() - start_time) / done * max(total_steps - progress["step"], 0)
                 log.info("epoch %d step %d/%d  train ppl %.1f  lr %.2f  %.0f tokens/s  ETA %s", epoch,
-                         progress["step"], total_steps, perplexity(mean_ce), lr, rate, _duration(eta))
+                         progress["step"], total_steps, perplexity(mean_ce), lr, rate, duration(eta))
                 interval = [0.0, 0, time.perf_counter()]
         if interval[1]:
             mean_ce = float(interval[0]) / interval[1]
-            _check_finite(mean_ce, epoch, progress["step"], store)
+            check_finite(mean_ce, epoch, progress["step"], store)
             ce_sum, ce_count = ce_sum + mean_ce * interval[1], ce_count + interval[1]
         seconds = time.perf_counter() - epoch_start
         eval_params = parallel.unreplicate(replicated["avg" if progress["asgd"] else "params"])
         val_loss = evaluate(eval_step, parallel.replicate(eval_params), corpus.valid, eval_batch,
                             config.bptt, hidden_size)
-        _check_finite(val_loss, epoch, progress["step"], store)
+        check_finite(val_loss, epoch, progress["step"], store)
         losses = progress["val_losses"]
         if (not progress["asgd"] and len(losses) > config.nonmono
                 and val_loss > min(losses[:-config.nonmono])):
@@ -343,14 +326,14 @@ def train_lm(config: LmTrainConfig, run: LmRun, resume: bool = False) -> dict[st
                "asgd": progress["asgd"], "seconds": round(seconds, 2),
                "tokens_per_s": round(tokens / seconds, 1)}
         progress["history"].append(row)
-        _append_csv(csv_path, row)
+        append_csv(csv_path, row)
         host_state = parallel.unreplicate(replicated)
         store.save(epoch, {**host_state, "best": best}, {**meta, "progress": progress})
-        log.info("epoch %d done in %s: valid ppl %.2f (best %.2f)%s", epoch, _duration(seconds),
+        log.info("epoch %d done in %s: valid ppl %.2f (best %.2f)%s", epoch, duration(seconds),
                  row["valid_ppl"], row["best_valid_ppl"], "  [averaged SGD]" if progress["asgd"] else "")
         write_json(out / "metrics.json", _metrics(progress, None))
     best_replicated = parallel.replicate(best)
-    test_loss = evaluate(eval_step, best_replicated, corpus.test, _eval_batch(config.test_batch_size),
+    test_loss = evaluate(eval_step, best_replicated, corpus.test, device_multiple(config.test_batch_size),
                          config.bptt, hidden_size)
     valid_loss = evaluate(eval_step, best_replicated, corpus.valid, eval_batch, config.bptt, hidden_size)
     metrics = _metrics(progress, (valid_loss, test_loss))
@@ -367,29 +350,3 @@ def _metrics(progress: dict[str, Any], final: tuple[float, float] | None) -> dic
     if final is not None:
         metrics["valid_ppl"], metrics["test_ppl"] = perplexity(final[0]), perplexity(final[1])
     return metrics
-
-
-def _check_finite(loss: float, epoch: int, step: int, store: CheckpointStore) -> None:
-    if not math.isfinite(loss):
-        last = store.latest_step()
-        kept = f"the last good checkpoint (epoch {last}) is kept" if last else "no checkpoint was written yet"
-        raise TrainingDivergedError(f"the loss became {loss} at epoch {epoch}, step {step}; {kept} in "
-                                    f"{store.directory}: lower --lr (or --clip) and rerun with --resume")
-
-
-def _append_csv(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s"

@@ -39,6 +39,7 @@ def test_training_learns_and_writes_metrics_checkpoints_and_a_diagram(trained, p
     assert json.loads((out / "metrics.json").read_text())["test_ppl"] == pytest.approx(metrics["test_ppl"])
     assert len((out / "metrics.csv").read_text().splitlines()) == 4
     assert (out / "cell.png").stat().st_size > 5_000
+    assert (out / "vocab.txt").read_text().split("\n")[:-1] == list(load_corpus("ptb", ptb_dir).vocab.words)
     meta = CheckpointStore(out / "checkpoints", create=False).read_meta()
     assert meta["kind"] == "lm" and meta["space"] == "ptb" and meta["dataset"] == "ptb"
     assert tuple(meta["arch"]) == PtbSpace().from_string("naonet")
