@@ -4,6 +4,7 @@
     python run_nao.py --strategies=nao --seeds=5 --queries=300
     python run_nao.py --preset=paper                    # the paper's controller and generation
     python run_nao.py --mode=evaluate --arch='|nor_conv_3x3~0|+|...'
+    python run_nao.py --mode=train --space=cifar_ws --arch=naonet_b --data_dir=DATA/cifar10
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from data.errors import DatasetError
 from data.nasbench import BenchmarkFileError
 from data.text import load_corpus
 from models.checkpoint import CheckpointError
+from models.cnn_train import CNN_PRESETS
 from models.lm_supernet import LmSupernet, supernet_config
-from models.lm_train import LM_PRESETS, TrainingDivergedError, get_lm_preset
+from models.lm_train import LM_PRESETS
 from models.parallel import initialize_multihost
-from nao.child_training import SPACE_DATASETS, train_child, transfer_child
+from models.training import TrainingDivergedError
+from nao.child_training import SPACE_DATASETS, checkpoint_space, child_preset, train_child, transfer_child
 from nao.controller import PRESETS
 from nao.experiment import ExperimentConfig, RunDirError, make_space_and_evaluator, run_experiment
 from nao.history import HistoryError
@@ -57,26 +60,36 @@ flags.DEFINE_string("benchmark_file", None, "NB201 table (npz: ops (15625, 6) ui
                     "default: the shipped CIFAR-10 200-epoch table.")
 flags.DEFINE_string("valid_key", "cifar10_valid_acc", "Array of --benchmark_file to search on.")
 flags.DEFINE_string("test_key", "cifar10_test_acc", "Array of --benchmark_file to report.")
-flags.DEFINE_string("dataset", None, "train/transfer: ptb or wikitext2 (default: ptb for the ptb spaces).")
+flags.DEFINE_string("dataset", None, "train/transfer: ptb or wikitext2 for the ptb spaces (default ptb), "
+                    "cifar10 or cifar100 for the cifar spaces (default cifar10).")
 flags.DEFINE_string("data_dir", None, "Folder with the dataset's files (PTB/WikiText-2: train.txt, "
-                    "valid.txt, test.txt or their original names).")
-flags.DEFINE_string("child_preset", "paper", f"train/transfer recipe, one of: {', '.join(LM_PRESETS)}. "
-                    "'paper' is the reference's final training (needs a GPU); 'cpu' trains a small model "
-                    "on a laptop; 'smoke' is tiny, for tests.")
+                    "valid.txt, test.txt or their original names; CIFAR: the extracted official python or "
+                    "binary batches, or a tensorflow-datasets folder, its default when unset).")
+flags.DEFINE_string("child_preset", "paper", f"train/transfer recipe; ptb spaces: {', '.join(LM_PRESETS)}; "
+                    f"cifar spaces: {', '.join(CNN_PRESETS)}. 'paper' is the reference's final training "
+                    "(needs a GPU; paper_wt2 and paper_cifar100 its transfer recipes); 'cpu' trains a small "
+                    "model on a laptop; 'smoke' is tiny, for tests.")
 flags.DEFINE_string("from_checkpoint", None, "transfer: a training run directory (or its checkpoints/).")
-flags.DEFINE_string("transfer", "weights", "transfer: 'weights' keeps the cell's trained weights (new "
-                    "embedding and softmax); 'arch' trains the architecture from scratch (the paper).")
+flags.DEFINE_string("transfer", "weights", "transfer: 'weights' starts from all the trained weights but the "
+                    "class-dependent ones (new embedding and softmax; new classifier and auxiliary "
+                    "classifier) and trains every layer; 'arch' trains the architecture from scratch (the "
+                    "paper).")
+flags.DEFINE_bool("finetune", False, "transfer with --transfer=weights: a tenth of the recipe's learning "
+                  "rate and epochs (after --child_lr/--child_epochs); without it the copied weights are "
+                  "retrained with the full recipe.")
 flags.DEFINE_string("evaluator", "table", "search: 'table' looks architectures up in a benchmark table "
                     "(nb201, nb101); 'supernet' is the weight-sharing search NAO-WS (ptb_ws).")
 flags.DEFINE_integer("score_windows", 10, "NAO-WS on PTB: every cell is scored on this many validation "
                      "windows (the same ones for all; 0 = the whole validation set).")
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (several hosts, one job).")
 _CHILD_FLAGS = {
-    "epochs": (flags.DEFINE_integer, "Training epochs (paper PTB 4000)."),
-    "lr": (flags.DEFINE_float, "SGD learning rate (paper PTB 20)."),
-    "batch_size": (flags.DEFINE_integer, "Global batch size over all devices (paper PTB 64)."),
+    "epochs": (flags.DEFINE_integer, "Training epochs (paper: PTB 4000, CIFAR 600)."),
+    "lr": (flags.DEFINE_float, "SGD learning rate (paper: PTB 20, CIFAR 0.025, cosine to 0)."),
+    "batch_size": (flags.DEFINE_integer, "Global batch size over all devices (paper: PTB 64, CIFAR 128)."),
     "max_steps": (flags.DEFINE_integer, "Stop after this many steps in all (0: no limit)."),
-    "hidden_size": (flags.DEFINE_integer, "Embedding and hidden size, tied (paper PTB 850)."),
+    "hidden_size": (flags.DEFINE_integer, "PTB: embedding and hidden size, tied (paper 850)."),
+    "channels": (flags.DEFINE_integer, "CIFAR: F, the channels of the first stage's cells (paper 36)."),
+    "layers": (flags.DEFINE_integer, "CIFAR: N, the normal cells per stage (paper 6)."),
     "seed": (flags.DEFINE_integer, "Seed of initialisation, data order and dropout."),
 }
 for _name, (_define, _help) in _CHILD_FLAGS.items():
@@ -137,32 +150,45 @@ def evaluate_arch(config: ExperimentConfig) -> None:
     print(f"{space.to_string(arch)}  valid {result.valid:.2f}  test {result.test:.2f}")
 
 
-def child_config():
-    config = get_lm_preset(FLAGS.child_preset)
+def child_config(space: str):
+    """The --child_preset recipe for cells of ``space``, with the --child_* flags that were set."""
+    config = child_preset(space, FLAGS.child_preset)
     values = {name: getattr(FLAGS, f"child_{name}") for name in _CHILD_FLAGS}
     values = {name: value for name, value in values.items() if value is not None}
     if "hidden_size" in values:
         values["emb_size"] = values["hidden_size"]
+    fields = {field.name for field in dataclasses.fields(config)}
+    for name in values:
+        if name not in fields:
+            raise ValueError(f"--child_{name} does not apply to cells of --space={space}")
     return dataclasses.replace(config, **values)
 
 
 def train_or_transfer() -> int:
-    child = child_config()
     flag_values = {name: FLAGS[name].value for name in FLAGS if name.startswith("child_")}
     output_dir = FLAGS.output_dir or f"runs/{FLAGS.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
     if FLAGS.mode == "train":
         if not FLAGS.arch:
             raise ValueError("--mode=train needs --arch=STRING_OR_NAME (e.g. --space=ptb --arch=naonet)")
+        if FLAGS.finetune:
+            raise ValueError("--finetune applies to --mode=transfer --transfer=weights")
         dataset = FLAGS.dataset or SPACE_DATASETS.get(FLAGS.space, ("",))[0]
-        metrics = train_child(FLAGS.space, FLAGS.arch, dataset, FLAGS.data_dir, child, output_dir,
-                              resume=FLAGS.resume, flags=flag_values)
+        metrics = train_child(FLAGS.space, FLAGS.arch, dataset, FLAGS.data_dir, child_config(FLAGS.space),
+                              output_dir, resume=FLAGS.resume, flags=flag_values)
     else:
         if not FLAGS.from_checkpoint or not FLAGS.dataset:
             raise ValueError("--mode=transfer needs --from_checkpoint=RUN_DIR and --dataset (e.g. wikitext2)")
+        child = child_config(checkpoint_space(FLAGS.from_checkpoint))
         metrics = transfer_child(FLAGS.from_checkpoint, FLAGS.dataset, FLAGS.data_dir, child, output_dir,
-                                 kind=FLAGS.transfer, resume=FLAGS.resume, flags=flag_values)
-    print(f"best valid ppl {metrics['valid_ppl']:.2f}, test ppl {metrics['test_ppl']:.2f} "
-          f"(metrics, checkpoints and cell.png in {output_dir})")
+                                 kind=FLAGS.transfer, fine_tune=FLAGS.finetune, resume=FLAGS.resume,
+                                 flags=flag_values)
+    if "test_acc" in metrics:
+        print(f"test accuracy {metrics['test_acc']:.2f}% after the last epoch, best "
+              f"{metrics['best_test_acc']:.2f}% (epoch {metrics['best_epoch']}) (metrics, checkpoints and "
+              f"cell.png in {output_dir})")
+    else:
+        print(f"best valid ppl {metrics['valid_ppl']:.2f}, test ppl {metrics['test_ppl']:.2f} "
+              f"(metrics, checkpoints and cell.png in {output_dir})")
     return 0
 
 

@@ -23,14 +23,19 @@ def initialize_multihost() -> None:
     jax.distributed.initialize()
 
 
+def _leading_axis(count: int) -> NamedSharding:
+    """Axis 0 split over the first ``count`` local devices: the layout of a pmap argument."""
+    return NamedSharding(Mesh(np.array(jax.local_devices()[:count]), (AXIS,)), PartitionSpec(AXIS))
+
+
 def replicate(tree, count: int | None = None):
     """One copy of every leaf per local device (or the first ``count``), placed as pmap expects."""
-    devices = jax.local_devices()[:count]
-    sharding = NamedSharding(Mesh(np.array(devices), (AXIS,)), PartitionSpec(AXIS))
+    count = count or jax.local_device_count()
+    sharding = _leading_axis(count)
 
     def put(x):
         x = np.asarray(x)
-        return jax.device_put(np.broadcast_to(x[None], (len(devices),) + x.shape), sharding)
+        return jax.device_put(np.broadcast_to(x[None], (count,) + x.shape), sharding)
 
     return jax.tree.map(put, tree)
 
@@ -52,6 +57,13 @@ def shard(tree, devices: int | None = None):
         return x.reshape((devices, x.shape[0] // devices) + x.shape[1:])
 
     return jax.tree.map(split, tree)
+
+
+def shard_to_devices(tree, devices: int | None = None):
+    """``shard``, then each device's slice put on it: a pmap argument already in place, so that a
+    prefetching thread can do the host-to-device copy ahead of the step."""
+    devices = devices or jax.local_device_count()
+    return jax.device_put(shard(tree, devices), _leading_axis(devices))
 
 
 def unshard(tree):

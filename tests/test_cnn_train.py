@@ -1,0 +1,261 @@
+"""Final training and transfer of CIFAR cells, on tiny generated datasets in the official python layout.
+
+Compiling a cell network's train step dominates on a CPU, so every run here uses one tiny network
+(F=4, N=1, cells of pools and identities) and XLA's quickest compilation, and runs of one process
+share the compiled steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from data.cifar import load_cifar
+from models.checkpoint import CheckpointError, CheckpointStore
+from models.cnn_train import (
+    CNN_PRESETS,
+    HEADS,
+    CnnRun,
+    build_model,
+    initial_variables,
+    train_cnn,
+    train_state,
+    transfer_variables,
+)
+from models.training import TrainingDivergedError
+from nao.child_training import train_child, transfer_child
+from nao.spaces import get_space
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = get_space("cifar_ws")
+# Pools and identities only, the quickest to compile: the stem and the classifier learn the colours.
+CHEAP = "0 2 1 4 0 2 1 3 0 2 1 4 0 3 1 4 0 2 1 4 | 0 2 1 4 0 2 1 3 0 2 1 4 0 3 1 4 0 2 1 4"
+OTHER = CHEAP.replace("0 3 1 4 0 2 1 4 |", "0 2 1 4 0 2 1 4 |")
+SMOKE = dataclasses.replace(CNN_PRESETS["smoke"], epochs=1)
+TWO_EPOCHS = dataclasses.replace(SMOKE, epochs=2)
+# Each image is one of four colours plus noise, its class the colour's index: learnt in a few steps.
+PALETTE = np.array([[230, 30, 30], [30, 200, 30], [30, 30, 230], [220, 220, 40]], np.float32)
+QUICK_XLA = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_PLATFORMS": "cpu"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def quick_compilation():
+    """XLA's cheapest compilation for this module's steps (compiling, not running, is what costs here)."""
+    before = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", before)
+
+
+def _batch(path: Path, labels: np.ndarray, rng: np.random.Generator, label_key: bytes) -> None:
+    images = PALETTE[labels][:, None, None, :] + rng.normal(0, 40, (len(labels), 32, 32, 3))
+    rows = np.clip(images, 0, 255).astype(np.uint8).transpose(0, 3, 1, 2).reshape(len(labels), -1)
+    path.write_bytes(pickle.dumps({b"data": rows, label_key: labels.tolist()}, protocol=2))
+
+
+def write_cifar(root: Path, dataset: str, train: int, test: int, seed: int) -> Path:
+    """The official python batches of ``dataset``, ``train`` and ``test`` images of 4 colour classes."""
+    rng = np.random.default_rng(seed)
+    if dataset == "cifar10":
+        folder, key = root / "cifar-10-batches-py", b"labels"
+        files = [(f"data_batch_{i}", train // 5) for i in range(1, 6)] + [("test_batch", test)]
+    else:
+        folder, key = root / "cifar-100-python", b"fine_labels"
+        files = [("train", train), ("test", test)]
+    folder.mkdir(parents=True)
+    for name, count in files:
+        _batch(folder / name, rng.integers(0, len(PALETTE), count), rng, key)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cifar10(tmp_path_factory) -> Path:
+    return write_cifar(tmp_path_factory.mktemp("c10data"), "cifar10", 80, 32, 0)
+
+
+@pytest.fixture(scope="module")
+def cifar100(tmp_path_factory) -> Path:
+    return write_cifar(tmp_path_factory.mktemp("c100data"), "cifar100", 32, 16, 1)
+
+
+@pytest.fixture(scope="module")
+def trained(cifar10, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("runs") / "cifar10"
+    return out, train_child("cifar_ws", CHEAP, "cifar10", str(cifar10), TWO_EPOCHS, out)
+
+
+def run_of(cifar10: Path, out: Path, arch: str = CHEAP) -> CnnRun:
+    data = [load_cifar("cifar10", cifar10, split) for split in ("train", "test")]
+    return CnnRun(SPACE.from_string(arch), SPACE.ops, "cifar10", *data, out, {"space": "cifar_ws"})
+
+
+def test_training_learns_and_writes_metrics_checkpoints_and_a_diagram(trained):
+    out, metrics = trained
+    first, last = metrics["history"]
+    assert metrics["epochs"] == 2 and metrics["steps"] == 20
+    assert last["train_loss"] < first["train_loss"] and last["train_acc"] > first["train_acc"]
+    assert metrics["test_acc"] >= 75 and metrics["best_test_acc"] >= metrics["test_acc"]  # 4 classes: 25%
+    assert first["lr"] == pytest.approx(0.025) and last["lr"] == pytest.approx(0.0125)  # cosine, per epoch
+    assert 0 <= last["input_wait"] < 1 and last["images_per_s"] > 0
+    assert json.loads((out / "metrics.json").read_text())["test_acc"] == pytest.approx(metrics["test_acc"])
+    assert len((out / "metrics.csv").read_text().splitlines()) == 3
+    assert (out / "cell.png").stat().st_size > 5_000
+    meta = CheckpointStore(out / "checkpoints", create=False).read_meta()
+    assert meta["kind"] == "cnn" and meta["space"] == "cifar_ws" and meta["dataset"] == "cifar10"
+    assert tuple(meta["arch"]) == SPACE.from_string(CHEAP) and meta["num_classes"] == 10
+    assert meta["progress"]["epoch"] == 2
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(trained, cifar10, tmp_path):
+    _, uninterrupted = trained
+    run = run_of(cifar10, tmp_path / "run")
+    # Stopped after its first epoch (the learning rate and drop path follow the planned epochs).
+    train_cnn(dataclasses.replace(TWO_EPOCHS, max_steps=10), run)
+    with pytest.raises(ValueError, match="pass --resume"):
+        train_cnn(TWO_EPOCHS, run)
+    resumed = train_cnn(TWO_EPOCHS, run, resume=True)
+    for key in ("train_loss", "test_loss", "test_acc"):
+        assert [r[key] for r in resumed["history"]] == pytest.approx(
+            [r[key] for r in uninterrupted["history"]], rel=1e-4), key
+
+
+def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(cifar10, tmp_path):
+    run = run_of(cifar10, tmp_path / "run")
+    train_cnn(SMOKE, run)
+    with pytest.raises(TrainingDivergedError) as info:
+        train_cnn(dataclasses.replace(SMOKE, epochs=2, lr=1e30), run, resume=True)
+    message = str(info.value)
+    assert "epoch 2" in message and "last good checkpoint (epoch 1)" in message and "\n" not in message
+    assert CheckpointStore(tmp_path / "run" / "checkpoints").latest_step() == 1
+
+
+def test_resuming_with_another_cell_or_dataset_is_refused(trained, cifar10, cifar100):
+    out, _ = trained
+    with pytest.raises(CheckpointError, match="has arch=") as info:
+        train_cnn(SMOKE, run_of(cifar10, out, OTHER), resume=True)
+    assert "\n" not in str(info.value)
+    with pytest.raises(CheckpointError, match="has dataset='cifar10', expected 'cifar100'"):
+        train_child("cifar_ws", CHEAP, "cifar100", str(cifar100), SMOKE, out, resume=True)
+
+
+def test_weight_transfer_keeps_every_weight_but_the_classifiers(trained, cifar100, tmp_path):
+    out, _ = trained
+    store = CheckpointStore(out / "checkpoints", create=False)
+    arch = SPACE.from_string(CHEAP)
+    like = initial_variables(build_model(SMOKE, arch, SPACE.ops, 10), 0)
+    saved, _ = store.restore({**train_state(like, SMOKE), "best": like})
+    start = transfer_variables(store, build_model(SMOKE, arch, SPACE.ops, 100), seed=1)
+    new, old = (traverse_util.flatten_dict(v["params"]) for v in (start, saved))
+    assert set(new) == set(old)
+    heads = sorted(path for path in new if any(path[:len(head)] == head for head in HEADS))
+    assert heads == [("aux_head", "Dense_0", "bias"), ("aux_head", "Dense_0", "kernel"),
+                     ("classifier", "bias"), ("classifier", "kernel")]
+    for path, value in new.items():
+        if path in heads:
+            assert value.shape[-1] == 100 and old[path].shape[-1] == 10
+        else:
+            np.testing.assert_array_equal(value, old[path], err_msg=str(path))
+    jax.tree.map(np.testing.assert_array_equal, start["batch_stats"], saved["batch_stats"])
+
+    metrics = transfer_child(out, "cifar100", str(cifar100), SMOKE, tmp_path / "weights", fine_tune=True)
+    assert metrics["epochs"] == 1 and np.isfinite(metrics["test_loss"])
+    meta = CheckpointStore(tmp_path / "weights" / "checkpoints", create=False).read_meta()
+    assert meta["dataset"] == "cifar100" and meta["num_classes"] == 100 and meta["arch"] == list(arch)
+    assert meta["transfer"]["kind"] == "weights" and meta["transfer"]["fine_tune"]
+    assert meta["config"]["lr"] == pytest.approx(SMOKE.lr / 10)
+    assert meta["shapes"]["['params']['classifier']['kernel']"][-1] == 100
+
+
+def test_architecture_transfer_and_its_refusals(trained, cifar100, tmp_path):
+    out, _ = trained
+    transfer_child(out, "cifar100", str(cifar100), SMOKE, tmp_path / "arch", kind="arch")
+    meta = CheckpointStore(tmp_path / "arch" / "checkpoints", create=False).read_meta()
+    assert meta["transfer"]["kind"] == "arch" and meta["transfer"]["source_dataset"] == "cifar10"
+    with pytest.raises(ValueError, match="trained on cifar10 already"):
+        transfer_child(out, "cifar10", str(cifar100), SMOKE, tmp_path / "again")
+    with pytest.raises(ValueError, match="needs --transfer=weights"):
+        transfer_child(out, "cifar100", str(cifar100), SMOKE, tmp_path / "again", kind="arch", fine_tune=True)
+
+
+_DEVICES_SCRIPT = textwrap.dedent("""
+    import jax, numpy as np
+    from data.cifar import CHANNEL_STATS
+    from models import parallel
+    from models.cnn import CellNetworkConfig, make_cell_network
+    from models.cnn_train import CNN_PRESETS, initial_variables, make_train_step, train_state
+    assert jax.local_device_count() == 2
+    # One node per cell (quick to compile), no dropout or drop path: the update must not depend on the
+    # split.
+    config = CellNetworkConfig(channels=4, layers=1, nodes=1, keep_prob=1.0, drop_path_keep_prob=1.0,
+                               use_aux_head=False)
+    model = make_cell_network([0, 0, 1, 4] + [1, 0, 0, 2], config=config)
+    state = train_state(initial_variables(model, 0), CNN_PRESETS["smoke"])
+    # No augmentation: its randomness is drawn per device.
+    step = make_train_step(model, CHANNEL_STATS["cifar10"], aux_weight=0.4, clip=5.0, weight_decay=3e-4,
+                           momentum=0.9, crop_padding=0, flip=False, cutout_size=0)
+    rng = np.random.default_rng(0)
+    # BatchNorm normalises each device's share with its own statistics (as NAO_V1's DataParallel):
+    # the second half repeats the first, so that each share has the statistics of the whole batch.
+    half = rng.integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
+    images, labels = np.concatenate([half, half]), np.array([0, 1, 2, 3] * 2, np.int32)
+    results = []
+    for devices in (1, 2):
+        replicated = parallel.replicate(state, devices)
+        batch = parallel.shard_to_devices((images, labels), devices)
+        losses = []
+        for number in (1, 2):
+            replicated, metrics = step(replicated, *batch, np.float32(0.1), np.float32(0.5), np.int32(number),
+                                       jax.random.key(0))
+            losses.append(float(metrics["loss"][0]))
+        jax.tree.map(lambda x: np.testing.assert_array_equal(x[0], x[-1]), replicated)  # replicas agree
+        results.append((losses, parallel.unreplicate(replicated)))
+    (losses1, state1), (losses2, state2) = results
+    np.testing.assert_allclose(losses1, losses2, rtol=1e-5)
+    for part in ("params", "opt_state"):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), state1[part],
+                     state2[part])
+    # Running means match; running variances differ by design (Bessel's correction of 4 vs 8 images).
+    means = lambda stats: [v for k, v in jax.tree_util.tree_leaves_with_path(stats) if "mean" in str(k[-1])]
+    for a, b in zip(means(state1["batch_stats"]), means(state2["batch_stats"])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    print("OK", losses1, losses2)
+""")
+
+
+def test_one_and_two_devices_make_the_same_update():
+    env = {**os.environ, **QUICK_XLA,
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_cpu_use_fusion_emitters=false"}
+    result = subprocess.run([sys.executable, "-c", _DEVICES_SCRIPT], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("OK")
+
+
+PTB_CELL = ("s1=relu(s0) s2=relu(s0) s3=relu(s1) s4=tanh(s3) s5=relu(s4) s6=relu(s4) s7=relu(s5) s8=relu(s1) "
+            "s9=relu(s7) s10=relu(s1) s11=sigmoid(s1)")  # NAONet's PTB cell
+NOWHERE = "--data_dir=/nonexistent"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--space=cifar_ws", "--arch=naonet_b", NOWHERE], "no CIFAR-10 train data in /nonexistent"),
+    (["--space=cifar_ws", f"--arch={PTB_CELL}", NOWHERE], "bad cifar_ws arch"),
+    (["--space=ptb", "--arch=naonet_b", NOWHERE], "bad node 'naonet_b' in ptb architecture"),
+    (["--space=cifar", "--arch=naonet", "--child_hidden_size=8"], "--child_hidden_size does not apply"),
+])
+def test_cli_bad_input_gives_one_line(args, needle):
+    result = subprocess.run([sys.executable, str(ROOT / "run_nao.py"), "--mode=train", *args], cwd=ROOT,
+                            env={**os.environ, **QUICK_XLA}, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and needle in lines[-1], result.stderr[-2000:]
