@@ -82,6 +82,10 @@ flags.DEFINE_string("evaluator", "table", "search: 'table' looks architectures u
 flags.DEFINE_integer("score_windows", 10, "NAO-WS on PTB: every cell is scored on this many validation "
                      "windows (the same ones for all; 0 = the whole validation set).")
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (several hosts, one job).")
+flags.DEFINE_string("coordinator_address", None, "--multihost: host:port of process 0 (unset: detected "
+                    "on TPU pods and SLURM).")
+flags.DEFINE_integer("num_processes", None, "--multihost: number of processes (unset: detected).")
+flags.DEFINE_integer("process_id", None, "--multihost: this process's index (unset: detected).")
 _CHILD_FLAGS = {
     "epochs": (flags.DEFINE_integer, "Training epochs (paper: PTB 4000, CIFAR 600)."),
     "lr": (flags.DEFINE_float, "SGD learning rate (paper: PTB 20, CIFAR 0.025, cosine to 0)."),
@@ -234,7 +238,7 @@ def main(argv: list[str]) -> int:
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax reports every save at INFO
     try:
         if FLAGS.multihost:
-            initialize_multihost()
+            initialize_multihost(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
         if FLAGS.mode in ("train", "transfer"):
             return train_or_transfer()
         if FLAGS.mode == "search" and FLAGS.evaluator == "supernet":

@@ -18,9 +18,17 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 AXIS = "batch"
 
 
-def initialize_multihost() -> None:
-    """Join the other processes of a multi-host job (coordinator and ids from the environment)."""
-    jax.distributed.initialize()
+def initialize_multihost(coordinator_address: str | None = None, num_processes: int | None = None,
+                         process_id: int | None = None) -> None:
+    """Join the other processes of a multi-host job.
+
+    Unset arguments are detected by JAX where the cluster says them (TPU pods, SLURM, ...); plain
+    machines pass all three. CPU processes talk through gloo.
+    """
+    # Only CPU backends read this; asking which backend runs would start one too early.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                               process_id=process_id)
 
 
 def _leading_axis(count: int) -> NamedSharding:
