@@ -1,4 +1,5 @@
-"""CIFAR cell networks: NAONet-B-36's parameter count, fixed networks in both op spaces, the supernet.
+"""CIFAR cell networks: NAONet-B-36's parameter count, fixed networks in both op spaces, the supernet, and
+the CPU forms of the convolutions and pools against XLA's.
 
 The networks are tiny (F=4, N=1), yet on a 2-core CPU each jitted forward+backward takes seconds to
 compile, so the tests share a few module-scoped compiled functions (XLA's backend optimisations off).
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from models import cnn_ops
 from models.cnn import (
     SEARCH_CONFIG,
     Cell,
@@ -25,7 +27,7 @@ from models.cnn import (
     param_count,
     weight_copies,
 )
-from models.cnn_ops import FULL_OPS, OPS, WS_OPS, drop_path, fan_in, make_op
+from models.cnn_ops import FULL_OPS, OPS, WS_OPS, conv, depthwise_conv, drop_path, fan_in, make_op, pool
 
 NAONET_B = "0 1 0 2 0 1 2 2 1 3 0 2 4 0 1 3 2 1 0 3 | 1 1 1 0 2 1 2 4 1 0 2 3 3 1 2 2 0 2 0 2"
 TINY = CellNetworkConfig(channels=4, layers=1, nodes=2, keep_prob=1.0)
@@ -316,3 +318,70 @@ def test_op_registry_covers_both_spaces():
     assert set(OPS) == set(WS_OPS) | set(FULL_OPS)
     with pytest.raises(ValueError, match="unknown op"):
         make_op("sep_conv_7x7", 4)
+
+
+# -- the CPU forms of convolutions and pools ----------------------------------------------------------
+
+
+def assert_same_vjp(fn, *args):
+    """``fn(*args, flag)`` gives the same values and gradients (for a random cotangent) with the flag on
+    (the CPU form) and off (XLA's op), up to float32 rounding."""
+    results = []
+    for flag in (True, False):
+        y, vjp = jax.vjp(lambda *a, flag=flag: fn(*a, flag), *args)
+        cotangent = jnp.asarray(np.random.default_rng(1).normal(size=y.shape), y.dtype)
+        results.append((y, *vjp(cotangent)))
+    for ours, xla in zip(*results):
+        np.testing.assert_allclose(ours, xla, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(xla))))
+
+
+@pytest.mark.parametrize("size", [8, 9])
+@pytest.mark.parametrize("kernel,stride", [(3, 1), (3, 2), (5, 1), (5, 2)])
+def test_shifted_depthwise_conv_matches_xla(size, kernel, stride):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, size, size, 3)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(kernel, kernel, 1, 3)), jnp.float32)
+    assert_same_vjp(lambda x, w, shifted: depthwise_conv(x, w, (stride, stride), shifted), x, w)
+
+
+@pytest.mark.parametrize("kernel,stride", [((1, 1), 1), ((1, 1), 2), ((3, 3), 1), ((3, 3), 2), ((1, 7), 1),
+                                           ((7, 1), 2), ((2, 2), 1)])
+def test_matmul_conv_matches_xla(kernel, stride):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 9, 9, 3)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(*kernel, 3, 4)), jnp.float32)
+    assert_same_vjp(lambda x, w, matmul: conv(x, w, (stride, stride), matmul), x, w)
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("size,stride", [(2, 1), (2, 2), (3, 1), (3, 2), (5, 1), (5, 2)])
+def test_shifted_pools_match_xla(kind, size, stride):
+    # Values on a coarse grid: max pools see ties, whose gradient goes to the first maximum in both.
+    x = jnp.asarray(np.round(np.random.default_rng(0).normal(size=(2, 9, 9, 3)) * 2) / 2, jnp.float32)
+    if size == 2:  # as Pool does: zero rows and columns on the bottom and right, then no padding
+        x, padding = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0))), ((0, 0), (0, 0))
+    else:
+        padding = ((size // 2,) * 2,) * 2
+    assert_same_vjp(lambda x, shifted: pool(x, kind, (size, size), (stride, stride), padding, shifted), x)
+
+
+def test_cpu_forms_give_the_networks_xla_results(ws_network, supernet, monkeypatch):
+    """Whole training steps (the 5-op network, and the supernet on a random cell) with the CPU forms
+    against XLA's ops everywhere: the same loss, logits, batch statistics and gradients."""
+    model, variables, images, step = ws_network
+    s_variables, s_images, _, s_train, _ = supernet
+    arch = random_arch(np.random.default_rng(2), NODES, len(WS_OPS)).reshape(-1)
+    key = jax.random.key(2)
+    ours = [step(variables, images, key, 0.0), s_train(s_variables, s_images, key, 0.0, arch)]
+    monkeypatch.setattr(cnn_ops, "_on_cpu", lambda: False)
+    jit = functools.partial(jax.jit, compiler_options=FAST)
+    s_model = make_supernet(config=dataclasses.replace(SEARCH_CONFIG, channels=4, layers=1, nodes=NODES))
+    xla = [jit(train_step(model))(variables, images, key, 0.0),
+           jit(train_step(s_model))(s_variables, s_images, key, 0.0, arch)]
+    for ((loss, outputs), grads), ((xla_loss, xla_outputs), xla_grads) in zip(ours, xla):
+        # Tolerances on each tree's scale: some gradients are zero but for rounding (a bias before a
+        # BatchNorm), so their own scale is noise.
+        for tree, xla_tree in ((loss, xla_loss), (outputs, xla_outputs), (grads, xla_grads)):
+            scale = max(float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree.leaves(xla_tree))
+            for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(xla_tree)):
+                np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * scale)
