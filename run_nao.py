@@ -18,12 +18,16 @@ import time
 import jax
 from absl import app, flags
 
+from data.cifar import load_cifar, search_split
 from data.errors import DatasetError
 from data.nasbench import BenchmarkFileError
 from data.text import load_corpus
 from models.checkpoint import CheckpointError
+from models.cnn_supernet import CifarSupernet
+from models.cnn_supernet import supernet_config as cnn_supernet_config
 from models.cnn_train import CNN_PRESETS
-from models.lm_supernet import LmSupernet, supernet_config
+from models.lm_supernet import LmSupernet
+from models.lm_supernet import supernet_config as lm_supernet_config
 from models.lm_train import LM_PRESETS
 from models.parallel import initialize_multihost
 from models.training import TrainingDivergedError
@@ -34,9 +38,7 @@ from nao.history import HistoryError
 from nao.search import SearchError
 from nao.spaces import SPACES, InvalidArchitectureError, get_space
 from nao.strategies import NAO_PRESETS, STRATEGIES
-from nao.ws_search import WS_PRESETS, WsSearch
-
-WS_SPACES = ("ptb_ws",)
+from nao.ws_search import WsSearch, ws_options
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("mode", "search", "search: run the strategies; evaluate: score --arch on the evaluator; "
@@ -78,9 +80,11 @@ flags.DEFINE_bool("finetune", False, "transfer with --transfer=weights: a tenth 
                   "rate and epochs (after --child_lr/--child_epochs); without it the copied weights are "
                   "retrained with the full recipe.")
 flags.DEFINE_string("evaluator", "table", "search: 'table' looks architectures up in a benchmark table "
-                    "(nb201, nb101); 'supernet' is the weight-sharing search NAO-WS (ptb_ws).")
+                    "(nb201, nb101); 'supernet' is the weight-sharing search NAO-WS (ptb_ws, cifar_ws).")
 flags.DEFINE_integer("score_windows", 10, "NAO-WS on PTB: every cell is scored on this many validation "
                      "windows (the same ones for all; 0 = the whole validation set).")
+flags.DEFINE_integer("score_batches", 1, "NAO-WS on CIFAR: every cell is scored on this many validation "
+                     "batches of 500 images (the same ones for all; 0 = the whole validation split).")
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (several hosts, one job).")
 flags.DEFINE_string("coordinator_address", None, "--multihost: host:port of process 0 (unset: detected "
                     "on TPU pods and SLURM).")
@@ -196,23 +200,40 @@ def train_or_transfer() -> int:
     return 0
 
 
-def ws_search() -> int:
-    if FLAGS.space not in WS_SPACES:
-        raise ValueError(f"--evaluator=supernet searches {', '.join(WS_SPACES)}; --space={FLAGS.space} has "
-                         "no supernet")
-    smoke = FLAGS.preset == "smoke"
-    options = dataclasses.replace(WS_PRESETS["smoke" if smoke else "paper"], seed=FLAGS.first_seed)
-    # The reference's controller unless smoke (the NB201-tuned 'default' is for tables).
-    controller = dataclasses.replace(PRESETS["smoke" if smoke else "paper"], **_overrides(_CONTROLLER_FLAGS))
+def _ptb_supernet(preset: str, lr: dict) -> tuple[LmSupernet, dict, str]:
     dataset = FLAGS.dataset or "ptb"
     if not FLAGS.data_dir:
-        raise ValueError("--evaluator=supernet needs --data_dir=DIR with the PTB token files")
+        raise ValueError("--space=ptb_ws --evaluator=supernet needs --data_dir=DIR with the PTB token files")
     corpus = load_corpus(dataset, FLAGS.data_dir)
-    supernet = LmSupernet(supernet_config("smoke" if smoke else "paper"), corpus, FLAGS.first_seed,
+    supernet = LmSupernet(lm_supernet_config(preset, **lr), corpus, FLAGS.first_seed,
                           score_windows=FLAGS.score_windows)
+    return supernet, {"dataset": dataset, "vocab_fingerprint": corpus.vocab.fingerprint}, "ptb"
+
+
+def _cifar_supernet(preset: str, lr: dict) -> tuple[CifarSupernet, dict, str]:
+    dataset = FLAGS.dataset or "cifar10"
+    images, labels = load_cifar(dataset, FLAGS.data_dir, "train")
+    # The reference's 5000 validation images; a tenth of a smaller training set.
+    train, valid = search_split(images, labels, min(5000, len(images) // 10))
+    supernet = CifarSupernet(cnn_supernet_config(preset, **lr), train, valid, FLAGS.first_seed,
+                             score_batches=FLAGS.score_batches, dataset=dataset)
+    return supernet, {"dataset": dataset, "train_images": len(train[0]), "valid_images": len(valid[0])}, \
+        "cifar_ws"
+
+
+# NAO-WS per space: (supernet preset, --child_lr override) -> (supernet, checkpoint meta, space to train).
+WS_SUPERNETS = {"ptb_ws": _ptb_supernet, "cifar_ws": _cifar_supernet}
+
+
+def ws_search() -> int:
+    preset = "smoke" if FLAGS.preset == "smoke" else "paper"
+    options = ws_options(FLAGS.space, preset, seed=FLAGS.first_seed)  # refuses spaces without a supernet
+    # The reference's controller unless smoke (the NB201-tuned 'default' is for tables).
+    controller = dataclasses.replace(PRESETS[preset], **_overrides(_CONTROLLER_FLAGS))
+    lr = {} if FLAGS.child_lr is None else {"lr": FLAGS.child_lr}
+    supernet, meta, train_space = WS_SUPERNETS[FLAGS.space](preset, lr)
     output_dir = FLAGS.output_dir or f"runs/{FLAGS.space}-{time.strftime('%Y%m%d-%H%M%S')}"
-    search = WsSearch(get_space(FLAGS.space), supernet, controller, options, output_dir,
-                      meta={"dataset": dataset, "vocab_fingerprint": corpus.vocab.fingerprint})
+    search = WsSearch(get_space(FLAGS.space), supernet, controller, options, output_dir, meta=meta)
     if FLAGS.resume:
         search.resume()
     elif search.store.latest_step() is not None:
@@ -223,8 +244,8 @@ def ws_search() -> int:
           f"best cells by {supernet.score_name} with shared weights:")
     for entry in summary["top"]:
         print(f"  {entry[supernet.score_name]:9.2f}  {entry['arch']}")
-    print(f"train the best: python run_nao.py --mode=train --space=ptb --arch='{summary['top'][0]['arch']}' "
-          f"--data_dir=...\nresults, history and plots in {output_dir}")
+    print(f"train the best: python run_nao.py --mode=train --space={train_space} "
+          f"--arch='{summary['top'][0]['arch']}' --data_dir=...\nresults, history and plots in {output_dir}")
     return 0
 
 

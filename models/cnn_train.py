@@ -40,7 +40,14 @@ from data.cifar import CHANNEL_STATS, cifar_class_names
 from data.image_input import augment, batches_per_epoch, epoch_batches, normalize, prefetch
 from models import parallel
 from models.checkpoint import CheckpointError, CheckpointStore
-from models.cnn import CellNetwork, CellNetworkConfig, init_variables, make_cell_network, param_count
+from models.cnn import (
+    CellNetwork,
+    CellNetworkConfig,
+    Supernet,
+    init_variables,
+    make_cell_network,
+    param_count,
+)
 from models.training import append_csv, check_batch, check_finite, device_multiple, duration, start_or_resume
 from nao.files import write_json
 
@@ -128,25 +135,28 @@ _STEP_AXES = (0, 0, 0, None, None, None, None)  # state, images, labels, lr, pro
 
 
 @functools.lru_cache(maxsize=16)  # runs of one process (tests, resumes) reuse the compiled step
-def make_train_step(model: CellNetwork, channel_stats: tuple[tuple[float, ...], tuple[float, ...]], *,
-                    aux_weight: float, clip: float, weight_decay: float, momentum: float, crop_padding: int,
-                    flip: bool, cutout_size: int) -> Callable:
-    """Pmapped SGD step: (state, uint8 images, labels, lr, progress, step, rng) -> (state, metrics).
+def make_train_step(model: CellNetwork | Supernet, channel_stats: tuple[tuple[float, ...], tuple[float, ...]],
+                    *, aux_weight: float, clip: float, weight_decay: float, momentum: float,
+                    crop_padding: int, flip: bool, cutout_size: int) -> Callable:
+    """Pmapped SGD step: (state, uint8 images, labels, lr, progress, step, rng) -> (state, metrics), and
+    for a ``Supernet`` one more argument, the cell (an int array, the same on every device).
 
     ``state`` is {params, batch_stats, opt_state}; ``metrics`` {loss: the objective averaged over the
     global batch, correct: how many of its images the (dropout-perturbed) logits got right}.
     """
     mean, std = channel_stats
+    supernet = isinstance(model, Supernet)
 
-    def step(state, images, labels, lr, progress, step, rng):
+    def step(state, images, labels, lr, progress, step, rng, *arch):
         key = parallel.device_rng(jax.random.fold_in(rng, step))
         k_augment, k_dropout, k_droppath = jax.random.split(key, 3)
         x = augment(k_augment, images, mean, std, padding=crop_padding, flip=flip, cutout_size=cutout_size)
 
         def loss_fn(params):
             (logits, aux_logits), updates = model.apply(
-                {"params": params, "batch_stats": state["batch_stats"]}, x, train=True, progress=progress,
-                mutable=["batch_stats"], rngs={"dropout": k_dropout, "droppath": k_droppath})
+                {"params": params, "batch_stats": state["batch_stats"]}, x, *arch, train=True,
+                progress=progress, mutable=["batch_stats"],
+                rngs={"dropout": k_dropout, "droppath": k_droppath})
             loss = jnp.mean(_cross_entropy(logits, labels))
             if aux_logits is not None:
                 loss = loss + aux_weight * jnp.mean(_cross_entropy(aux_logits, labels))
@@ -162,23 +172,28 @@ def make_train_step(model: CellNetwork, channel_stats: tuple[tuple[float, ...], 
         return new_state, {"loss": jax.lax.pmean(loss, parallel.AXIS),
                            "correct": jax.lax.psum(correct, parallel.AXIS)}
 
-    return jax.pmap(step, axis_name=parallel.AXIS, in_axes=_STEP_AXES, donate_argnums=(0,))
+    return jax.pmap(step, axis_name=parallel.AXIS, in_axes=_STEP_AXES + (None,) * supernet,
+                    donate_argnums=(0,))
 
 
 @functools.lru_cache(maxsize=16)
-def make_eval_step(model: CellNetwork, channel_stats: tuple[tuple[float, ...], tuple[float, ...]]
+def make_eval_step(model: CellNetwork | Supernet, channel_stats: tuple[tuple[float, ...], tuple[float, ...]]
                    ) -> Callable:
     """Pmapped: (variables, uint8 images, labels, mask) -> [correct, summed cross-entropy] over the
-    images of all devices whose mask is 1. BatchNorm uses its running averages."""
+    images of all devices whose mask is 1. BatchNorm uses its running averages; a ``Supernet`` takes
+    the cell as a fifth argument and normalises with each device's batch statistics, as NAO-WS scores
+    cells (its running averages mix every cell it trained), so its batches must be unpadded."""
     mean, std = channel_stats
+    supernet = isinstance(model, Supernet)
 
-    def step(variables, images, labels, mask):
-        logits, _ = model.apply(variables, normalize(images, mean, std), train=False)
+    def step(variables, images, labels, mask, *arch):
+        logits, _ = model.apply(variables, normalize(images, mean, std), *arch, train=False,
+                                bn_train=supernet)
         correct = jnp.sum((jnp.argmax(logits, -1) == labels) * mask)
         return jax.lax.psum(jnp.stack([correct, jnp.sum(_cross_entropy(logits, labels) * mask)]),
                             parallel.AXIS)
 
-    return jax.pmap(step, axis_name=parallel.AXIS)
+    return jax.pmap(step, axis_name=parallel.AXIS, in_axes=(0, 0, 0, 0) + (None,) * supernet)
 
 
 def evaluate(eval_step: Callable, variables, images: np.ndarray, labels: np.ndarray, batch_size: int

@@ -93,7 +93,7 @@ class LmSupernet:
             count += window.length
         mean = float(ce_total) / max(count, 1)
         seconds = time.perf_counter() - start
-        return {"train_ppl": perplexity(mean), "seconds": seconds,
+        return {"train_loss": mean, "train_ppl": perplexity(mean), "seconds": seconds,
                 "tokens_per_s": count * cfg.batch_size / seconds}
 
     def score(self, archs: Sequence[Hashable]) -> list[float]:

@@ -10,9 +10,13 @@ One supernet holds the weights of every cell. The loop:
    to keep its size; repeat from 2 until ``epochs``.
 
 The supernet is a parameter: anything with ``state`` (get/set), ``train_epoch(archs, epoch)``,
-``score(archs)``, ``score_name`` and ``higher_is_better`` plugs in (the PTB language model here).
+``score(archs)``, ``score_name`` and ``higher_is_better`` plugs in: the PTB language model
+(``models.lm_supernet``) and the CIFAR cell network (``models.cnn_supernet``). ``train_epoch`` returns
+its epoch's statistics, ``train_loss`` and ``seconds`` among them; a NaN or infinite loss stops the
+search with the last good checkpoint kept.
 
-Run directory: ``checkpoints/`` (supernet + controller + pool after every epoch), ``history.jsonl``
+Run directory: ``checkpoints/`` (supernet + controller + pool after every epoch), ``supernet.csv``
+(each epoch's training statistics), ``history.jsonl``
 (every score as it is computed), ``summary.json`` (per round best and mean, the final ranking),
 ``search_curves.png``. A killed run resumes from the last checkpoint and loses at most the epoch
 in flight; scores already in the history are not recomputed.
@@ -32,6 +36,7 @@ import jax
 import numpy as np
 
 from models.checkpoint import CheckpointStore
+from models.training import append_csv, check_finite, duration
 from nao.controller import ControllerConfig
 from nao.files import write_json
 from nao.history import History
@@ -75,11 +80,28 @@ class WsOptions:
                              f"{self.random_per_round}) must be below pool_size={self.pool_size}")
 
 
-WS_PRESETS = {
-    "paper": WsOptions(),
-    "smoke": WsOptions(pool_size=8, epochs=2, round_epochs=1, new_per_round=3, random_per_round=1, top_k=4,
-                       max_eta=8, final_top=3),
+_SMOKE = WsOptions(pool_size=8, epochs=2, round_epochs=1, new_per_round=3, random_per_round=1, top_k=4,
+                   max_eta=8, final_top=3)
+
+# Per space: "paper" is the reference's schedule, "smoke" a few minutes on a CPU.
+WS_PRESETS: dict[str, dict[str, WsOptions]] = {
+    # NAO-WS RNN (§4.5): 1000 cells, a round every 200 of 1000 epochs, 300 new + 50 random, eta <= 30.
+    "ptb_ws": {"paper": WsOptions(), "smoke": _SMOKE},
+    # NAO_V1 (§4.3, with §3.2-3.3): 600 cells, a round every 30 of 150 epochs, 300 new and no random
+    # ones, eta <= 50; the 5 best are reported (NAO_V1 retrains its top 5).
+    "cifar_ws": {"paper": WsOptions(pool_size=600, epochs=150, round_epochs=30, new_per_round=300,
+                                    random_per_round=0, top_k=100, max_eta=50, final_top=5),
+                 "smoke": _SMOKE},
 }
+
+
+def ws_options(space: str, preset: str, **overrides: Any) -> WsOptions:
+    if space not in WS_PRESETS:
+        raise ValueError(f"--evaluator=supernet (NAO-WS) searches {', '.join(WS_PRESETS)}; --space={space} "
+                         "has no supernet")
+    if preset not in WS_PRESETS[space]:
+        raise ValueError(f"unknown NAO-WS preset {preset!r}: choose one of {', '.join(WS_PRESETS[space])}")
+    return dataclasses.replace(WS_PRESETS[space][preset], **overrides)
 
 
 
@@ -164,10 +186,12 @@ class WsSearch:
         total_start = time.perf_counter()
         while self.epoch < opts.epochs:
             stats = self.supernet.train_epoch(self.pool, self.epoch)
+            # Nothing of a diverged epoch is saved: --resume continues from the last good one.
+            check_finite(stats["train_loss"], self.epoch + 1, 0, self.store)
             self.epoch += 1
-            log.info("supernet epoch %d/%d: train ppl %.1f, %.0f tokens/s, %.1f s", self.epoch, opts.epochs,
-                     stats.get("train_ppl", float("nan")), stats.get("tokens_per_s", float("nan")),
-                     stats["seconds"])
+            eta = stats["seconds"] * (opts.epochs - self.epoch)
+            log.info("supernet epoch %d/%d: %s; ETA %s (scoring rounds not included)", self.epoch,
+                     opts.epochs, ", ".join(f"{k} {v:.4g}" for k, v in stats.items()), duration(eta))
             if self.epoch % opts.round_epochs == 0 or self.epoch == opts.epochs:
                 round_index = len(self.rounds)
                 signals = self._score_round(round_index)
@@ -181,6 +205,7 @@ class WsSearch:
                 if self.epoch < opts.epochs:
                     self.pool = self._next_pool(signals, round_index)
             self._save()
+            append_csv(self.out / "supernet.csv", {"epoch": self.epoch, **stats})
         return self._summarize(time.perf_counter() - total_start)
 
     def _round_rows(self, round_index: int) -> list[dict[str, Any]]:

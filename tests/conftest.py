@@ -6,6 +6,7 @@ fit / predict / generate functions compile once per pytest session.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +62,28 @@ def ptb_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def wt2_dir(tmp_path_factory) -> Path:
     return write_corpus(tmp_path_factory.mktemp("wt2"), [f"v{i}" for i in range(60)], 300, 1)
+
+
+# Each image is one of four colours plus noise, its class the colour's index: learnt in a few steps.
+PALETTE = np.array([[230, 30, 30], [30, 200, 30], [30, 30, 230], [220, 220, 40]], np.float32)
+
+
+def _batch(path: Path, labels: np.ndarray, rng: np.random.Generator, label_key: bytes) -> None:
+    images = PALETTE[labels][:, None, None, :] + rng.normal(0, 40, (len(labels), 32, 32, 3))
+    rows = np.clip(images, 0, 255).astype(np.uint8).transpose(0, 3, 1, 2).reshape(len(labels), -1)
+    path.write_bytes(pickle.dumps({b"data": rows, label_key: labels.tolist()}, protocol=2))
+
+
+def write_cifar(root: Path, dataset: str, train: int, test: int, seed: int) -> Path:
+    """The official python batches of ``dataset``, ``train`` and ``test`` images of 4 colour classes."""
+    rng = np.random.default_rng(seed)
+    if dataset == "cifar10":
+        folder, key = root / "cifar-10-batches-py", b"labels"
+        files = [(f"data_batch_{i}", train // 5) for i in range(1, 6)] + [("test_batch", test)]
+    else:
+        folder, key = root / "cifar-100-python", b"fine_labels"
+        files = [("train", train), ("test", test)]
+    folder.mkdir(parents=True)
+    for name, count in files:
+        _batch(folder / name, rng.integers(0, len(PALETTE), count), rng, key)
+    return root

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pickle
 import subprocess
 import sys
 import textwrap
@@ -19,6 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import write_cifar
 from flax import traverse_util
 
 from data.cifar import load_cifar
@@ -44,8 +44,6 @@ CHEAP = "0 2 1 4 0 2 1 3 0 2 1 4 0 3 1 4 0 2 1 4 | 0 2 1 4 0 2 1 3 0 2 1 4 0 3 1
 OTHER = CHEAP.replace("0 3 1 4 0 2 1 4 |", "0 2 1 4 0 2 1 4 |")
 SMOKE = dataclasses.replace(CNN_PRESETS["smoke"], epochs=1)
 TWO_EPOCHS = dataclasses.replace(SMOKE, epochs=2)
-# Each image is one of four colours plus noise, its class the colour's index: learnt in a few steps.
-PALETTE = np.array([[230, 30, 30], [30, 200, 30], [30, 30, 230], [220, 220, 40]], np.float32)
 QUICK_XLA = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_PLATFORMS": "cpu"}
 
 
@@ -56,27 +54,6 @@ def quick_compilation():
     jax.config.update("jax_disable_most_optimizations", True)
     yield
     jax.config.update("jax_disable_most_optimizations", before)
-
-
-def _batch(path: Path, labels: np.ndarray, rng: np.random.Generator, label_key: bytes) -> None:
-    images = PALETTE[labels][:, None, None, :] + rng.normal(0, 40, (len(labels), 32, 32, 3))
-    rows = np.clip(images, 0, 255).astype(np.uint8).transpose(0, 3, 1, 2).reshape(len(labels), -1)
-    path.write_bytes(pickle.dumps({b"data": rows, label_key: labels.tolist()}, protocol=2))
-
-
-def write_cifar(root: Path, dataset: str, train: int, test: int, seed: int) -> Path:
-    """The official python batches of ``dataset``, ``train`` and ``test`` images of 4 colour classes."""
-    rng = np.random.default_rng(seed)
-    if dataset == "cifar10":
-        folder, key = root / "cifar-10-batches-py", b"labels"
-        files = [(f"data_batch_{i}", train // 5) for i in range(1, 6)] + [("test_batch", test)]
-    else:
-        folder, key = root / "cifar-100-python", b"fine_labels"
-        files = [("train", train), ("test", test)]
-    folder.mkdir(parents=True)
-    for name, count in files:
-        _batch(folder / name, rng.integers(0, len(PALETTE), count), rng, key)
-    return root
 
 
 @pytest.fixture(scope="module")

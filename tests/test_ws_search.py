@@ -15,10 +15,10 @@ from data.text import load_corpus
 from models.lm_supernet import LmSupernet, supernet_config
 from nao.controller import PRESETS
 from nao.spaces import get_space
-from nao.ws_search import WS_PRESETS, WsSearch
+from nao.ws_search import WsSearch, ws_options
 
 ROOT = Path(__file__).resolve().parents[1]
-OPTIONS = dataclasses.replace(WS_PRESETS["smoke"], epochs=3, round_epochs=1)
+OPTIONS = ws_options("ptb_ws", "smoke", epochs=3, round_epochs=1)
 
 
 def make_search(ptb_dir: Path, out: Path, options=OPTIONS) -> WsSearch:
