@@ -99,6 +99,8 @@ _CHILD_FLAGS = {
     "channels": (flags.DEFINE_integer, "CIFAR: F, the channels of the first stage's cells (paper 36)."),
     "layers": (flags.DEFINE_integer, "CIFAR: N, the normal cells per stage (paper 6)."),
     "seed": (flags.DEFINE_integer, "Seed of initialisation, data order and dropout."),
+    "sync_bn": (flags.DEFINE_bool, "CIFAR: BatchNorm statistics over the whole batch across devices (the "
+                "update then does not depend on the device count; NAO_V1: each device's share)."),
 }
 for _name, (_define, _help) in _CHILD_FLAGS.items():
     _define(f"child_{_name}", None, _help)

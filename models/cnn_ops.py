@@ -13,8 +13,9 @@ the parameters, values and gradients are the same, so checkpoints move freely be
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import flax.linen as nn
 import jax
@@ -73,9 +74,25 @@ def _batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float)
 _batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
 
 
+_SYNC_AXIS: list[str | None] = [None]  # set while a step is traced inside ``synced_batch_norm``
+
+
+@contextlib.contextmanager
+def synced_batch_norm(axis_name: str | None) -> Iterator[None]:
+    """While a pmapped step is traced inside this context, training BatchNorms normalise with the
+    statistics of the whole batch across the devices of ``axis_name`` (cross-device BatchNorm), so the
+    update does not depend on how the batch is split. ``None``: each device's own share (NAO_V1's)."""
+    previous, _SYNC_AXIS[0] = _SYNC_AXIS[0], axis_name
+    try:
+        yield
+    finally:
+        _SYNC_AXIS[0] = previous
+
+
 class BatchNorm(nn.Module):
     """BatchNorm over N, H, W with PyTorch's defaults (momentum 0.1, eps 1e-5, unbiased running var).
-    On the CPU backend its training gradient is hand-written (``_batch_norm``)."""
+    On the CPU backend its training gradient is hand-written (``_batch_norm``); across devices see
+    ``synced_batch_norm``."""
 
     momentum: float = 0.9
     epsilon: float = 1e-5
@@ -87,7 +104,16 @@ class BatchNorm(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (features,))
         running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,))
         running_var = self.variable("batch_stats", "var", jnp.ones, (features,))
-        if train:
+        axis = _SYNC_AXIS[0] if train and not self.is_initializing() else None
+        if axis:
+            mean = jax.lax.pmean(jnp.mean(x, axis=(0, 1, 2)), axis)
+            var = jax.lax.pmean(jnp.mean(jnp.square(x), axis=(0, 1, 2)), axis) - jnp.square(mean)
+            if self.is_mutable_collection("batch_stats"):
+                n = x.size // features * jax.lax.psum(1, axis)
+                running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
+                running_var.value = (self.momentum * running_var.value
+                                     + (1 - self.momentum) * var * (n / jnp.maximum(n - 1, 1)))
+        elif train:
             n = x.size // features
             mean, var = _batch_moments(x)  # the same ops as in _batch_norm's: XLA computes them once
             if self.is_mutable_collection("batch_stats") and not self.is_initializing():

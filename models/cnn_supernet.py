@@ -31,7 +31,7 @@ from models import parallel
 from models.cnn import init_variables, make_supernet
 from models.cnn_ops import WS_OPS
 from models.cnn_train import CnnTrainConfig, make_eval_step, make_train_step, num_classes, train_state
-from models.training import check_batch
+from models.training import check_batch, device_multiple
 
 SUPERNET_PRESETS: dict[str, CnnTrainConfig] = {
     "paper": CnnTrainConfig(channels=20, layers=3, keep_prob=1.0, drop_path_keep_prob=0.9, use_aux_head=False,
@@ -58,20 +58,17 @@ class CifarSupernet:
     def __init__(self, config: CnnTrainConfig, train: Pair, valid: Pair, seed: int, score_batches: int = 1,
                  dataset: str = "cifar10", ops: Sequence[str] = WS_OPS):
         devices = check_batch(config.batch_size)
-        if config.eval_batch_size % devices:
-            raise ValueError(f"supernet eval_batch_size={config.eval_batch_size} must be divisible by the "
-                             f"{devices} local devices")
         self.config, self.train, self.seed = config, train, seed
         self.model = make_supernet(config=config.model_config(num_classes(dataset), ops))
         stats = CHANNEL_STATS[dataset]
         step_options = dict(aux_weight=config.aux_weight, clip=config.clip, weight_decay=config.weight_decay,
                             momentum=config.momentum, crop_padding=config.crop_padding, flip=config.flip,
-                            cutout_size=config.cutout_size)
+                            cutout_size=config.cutout_size, sync_bn=config.sync_bn)
         self.train_step = make_train_step(self.model, stats, **step_options)
         self.eval_step = make_eval_step(self.model, stats)
         self.steps_per_epoch = batches_per_epoch(len(train[0]), config.batch_size)
         # The score batches, on the devices once: every cell is scored on the same images.
-        batch = config.eval_batch_size
+        batch = device_multiple(config.eval_batch_size)  # e.g. 504 images on 8 devices
         count = batches_per_epoch(len(valid[0]), batch)
         if count == 0:
             raise ValueError(f"the validation split has {len(valid[0])} images, fewer than one score batch "

@@ -48,6 +48,7 @@ from models.cnn import (
     make_cell_network,
     param_count,
 )
+from models.cnn_ops import synced_batch_norm
 from models.training import append_csv, check_batch, check_finite, device_multiple, duration, start_or_resume
 from nao.files import write_json
 
@@ -74,6 +75,7 @@ class CnnTrainConfig:
     momentum: float = 0.9
     weight_decay: float = 3e-4
     clip: float = 5.0  # global gradient norm
+    sync_bn: bool = False  # BatchNorm statistics over all devices' images (NAO_V1: each device's own)
     crop_padding: int = 4  # 0: no random crop
     flip: bool = True
     cutout_size: int = 16  # 0: no cutout
@@ -137,12 +139,13 @@ _STEP_AXES = (0, 0, 0, None, None, None, None)  # state, images, labels, lr, pro
 @functools.lru_cache(maxsize=16)  # runs of one process (tests, resumes) reuse the compiled step
 def make_train_step(model: CellNetwork | Supernet, channel_stats: tuple[tuple[float, ...], tuple[float, ...]],
                     *, aux_weight: float, clip: float, weight_decay: float, momentum: float,
-                    crop_padding: int, flip: bool, cutout_size: int) -> Callable:
+                    crop_padding: int, flip: bool, cutout_size: int, sync_bn: bool = False) -> Callable:
     """Pmapped SGD step: (state, uint8 images, labels, lr, progress, step, rng) -> (state, metrics), and
     for a ``Supernet`` one more argument, the cell (an int array, the same on every device).
 
     ``state`` is {params, batch_stats, opt_state}; ``metrics`` {loss: the objective averaged over the
     global batch, correct: how many of its images the (dropout-perturbed) logits got right}.
+    ``sync_bn``: BatchNorm statistics over the global batch (``cnn_ops.synced_batch_norm``).
     """
     mean, std = channel_stats
     supernet = isinstance(model, Supernet)
@@ -162,7 +165,8 @@ def make_train_step(model: CellNetwork | Supernet, channel_stats: tuple[tuple[fl
                 loss = loss + aux_weight * jnp.mean(_cross_entropy(aux_logits, labels))
             return loss, (logits, updates["batch_stats"])
 
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        with synced_batch_norm(parallel.AXIS if sync_bn else None):
+            (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         grads = jax.lax.pmean(grads, parallel.AXIS)
         updates, opt_state = _optimizer(lr, clip, weight_decay, momentum).update(
             grads, state["opt_state"], state["params"])
@@ -294,7 +298,7 @@ def train_cnn(config: CnnTrainConfig, run: CnnRun, resume: bool = False) -> dict
     train_step = make_train_step(model, channel_stats, aux_weight=config.aux_weight, clip=config.clip,
                                  weight_decay=config.weight_decay, momentum=config.momentum,
                                  crop_padding=config.crop_padding, flip=config.flip,
-                                 cutout_size=config.cutout_size)
+                                 cutout_size=config.cutout_size, sync_bn=config.sync_bn)
     eval_step = make_eval_step(model, channel_stats)
     variables = initial_variables(model, config.seed) if run.init_variables is None else run.init_variables
     meta = {**run.meta, "kind": "cnn", "arch": [int(v) for v in run.arch], "ops": list(run.ops),

@@ -33,7 +33,7 @@ from models.checkpoint import CheckpointStore
 from models.rnn import LmConfig, RecurrentLM, bank_rows, gather_cell
 from models.training import TrainingDivergedError as TrainingDivergedError  # raised here; callers catch it
 from models.training import append_csv, check_batch, check_finite, device_multiple, duration, start_or_resume
-from nao.files import write_json
+from nao.files import is_primary, write_json
 
 log = logging.getLogger("nao")
 
@@ -258,7 +258,8 @@ def train_lm(config: LmTrainConfig, run: LmRun, resume: bool = False) -> dict[st
             "config": dataclasses.asdict(config)}
     store = CheckpointStore(out / "checkpoints")
     # The words behind the embedding rows, so a checkpoint is usable without the training files.
-    (out / "vocab.txt").write_text("\n".join(corpus.vocab.words) + "\n")
+    if is_primary():
+        (out / "vocab.txt").write_text("\n".join(corpus.vocab.words) + "\n")
     state = {"params": params, "avg": params, "count": np.int32(0), "best": params}
     state, saved = start_or_resume(store, state, {"arch": meta["arch"], "dataset": corpus.name,
                                                   "vocab_fingerprint": corpus.vocab.fingerprint}, resume, out)

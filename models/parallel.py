@@ -5,7 +5,9 @@ are replicated, every device takes its slice of the global batch, and gradients
 and metrics are averaged with ``lax.pmean``. (pmap rather than jit over a mesh
 because collectives over forced CPU devices can deadlock on 2-core machines;
 jax-notes.md.) On several hosts, ``initialize_multihost`` joins the processes
-first and each host feeds its local devices; the code is otherwise the same.
+first; every process reads the same global batches and ``shard`` hands each its
+devices' share, collectives span all devices of the job, and only process 0
+writes run files (``nao.files.is_primary``); the code is otherwise the same.
 """
 
 from __future__ import annotations
@@ -54,15 +56,19 @@ def unreplicate(tree):
 
 
 def shard(tree, devices: int | None = None):
-    """Split each leaf's leading (global batch) axis into (devices, per-device batch)."""
+    """This process's share of each leaf's leading (global batch) axis, as (local devices, per-device
+    batch): the global batch is split evenly over every device of the job, and each process keeps the
+    rows of its own devices. Every process passes the same global batch (the input pipelines are
+    seeded alike), so the job trains on it once, whatever the number of hosts."""
     devices = devices or jax.local_device_count()
+    total, first = devices * jax.process_count(), devices * jax.process_index()
 
     def split(x):
         x = np.asarray(x) if not isinstance(x, jax.Array) else x
-        if x.shape[0] % devices:
-            raise ValueError(f"a batch of {x.shape[0]} cannot be split evenly over {devices} devices: "
-                             f"use a batch size divisible by {devices}")
-        return x.reshape((devices, x.shape[0] // devices) + x.shape[1:])
+        if x.shape[0] % total:
+            raise ValueError(f"a batch of {x.shape[0]} cannot be split evenly over {total} devices: "
+                             f"use a batch size divisible by {total}")
+        return x.reshape((total, x.shape[0] // total) + x.shape[1:])[first:first + devices]
 
     return jax.tree.map(split, tree)
 

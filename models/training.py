@@ -17,6 +17,7 @@ from typing import Any
 import jax
 
 from models.checkpoint import CheckpointStore
+from nao.files import is_primary
 
 log = logging.getLogger("nao")
 
@@ -54,20 +55,23 @@ def check_finite(loss: float, epoch: int, step: int, store: CheckpointStore) -> 
 
 
 def device_multiple(batch_size: int) -> int:
-    """``batch_size`` rounded up to a multiple of the local device count (evaluation batches)."""
-    devices = jax.local_device_count()
+    """``batch_size`` rounded up to a multiple of the job's device count (evaluation batches)."""
+    devices = jax.device_count()
     return -(-batch_size // devices) * devices
 
 
 def check_batch(batch_size: int) -> int:
-    """The local device count, which must divide the global training batch."""
-    devices = jax.local_device_count()
-    if batch_size % devices:
-        raise ValueError(f"--batch_size={batch_size} must be divisible by the {devices} local devices")
-    return devices
+    """The local device count; the job's device count (all hosts) must divide the global batch."""
+    if batch_size % jax.device_count():
+        raise ValueError(f"--batch_size={batch_size} must be divisible by the {jax.device_count()} devices "
+                         f"({jax.process_count()} process(es))")
+    return jax.local_device_count()
 
 
 def append_csv(path: Path, row: dict[str, Any]) -> None:
+    """One row more in a CSV file (written by process 0 of a multi-host job only)."""
+    if not is_primary():
+        return
     new = not path.exists()
     with path.open("a", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(row))

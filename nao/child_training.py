@@ -24,6 +24,7 @@ from models.cnn_train import CnnRun, CnnTrainConfig, build_model, get_cnn_preset
 from models.cnn_train import transfer_variables as cnn_transfer_variables
 from models.lm_train import LmRun, LmTrainConfig, get_lm_preset, init_params, train_lm
 from models.rnn import RecurrentLM
+from nao.files import is_primary
 from nao.spaces import get_space
 
 log = logging.getLogger("nao")
@@ -176,7 +177,7 @@ def _draw(space, arch, out: Path) -> None:
     """Draw the cell into a new run directory (one holding checkpoints keeps its drawing: a run that
     will be refused must not overwrite it)."""
     out.mkdir(parents=True, exist_ok=True)
-    if (out / "cell.png").exists() and any((out / "checkpoints").glob("*")):
+    if not is_primary() or (out / "cell.png").exists() and any((out / "checkpoints").glob("*")):
         return
     from nao import plots  # matplotlib is imported only when drawing
     plots.draw_cell(space, arch, out / "cell.png", title=space.to_string(arch))

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from nao.files import is_primary
+
 
 class HistoryError(ValueError):
     """A history file that cannot be trusted."""
@@ -54,7 +56,7 @@ class History:
         os.replace(tmp, self.path)
 
     def append(self, row: dict[str, Any]) -> None:
-        if self.path is None:
+        if self.path is None or not is_primary():
             self.rows.append(row)
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)

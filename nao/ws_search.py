@@ -38,7 +38,7 @@ import numpy as np
 from models.checkpoint import CheckpointStore
 from models.training import append_csv, check_finite, duration
 from nao.controller import ControllerConfig
-from nao.files import write_json
+from nao.files import is_primary, write_json
 from nao.history import History
 from nao.spaces.base import SearchSpace
 from nao.strategies.base import Pool, sample_unseen
@@ -220,6 +220,8 @@ class WsSearch:
                    "top": [{"arch": rows[i]["arch"], name: rows[i][name]} for i in order],
                    "seconds_this_process": round(seconds, 1)}
         write_json(self.out / "summary.json", summary)
+        if not is_primary():
+            return summary
         from nao import plots  # matplotlib only when plotting
         plots.plot_ws_rounds(self.rounds, name, self.out / "search_curves.png")
         best = self.space.from_string(rows[order[0]]["arch"])

@@ -219,6 +219,50 @@ def test_one_and_two_devices_make_the_same_update():
     assert result.stdout.startswith("OK")
 
 
+_SYNC_SCRIPT = textwrap.dedent("""
+    import jax, numpy as np
+    from data.cifar import CHANNEL_STATS
+    from models import parallel
+    from models.cnn import CellNetworkConfig, make_cell_network
+    from models.cnn_train import CNN_PRESETS, initial_variables, make_train_step, train_state
+    assert jax.local_device_count() == 4
+    config = CellNetworkConfig(channels=4, layers=1, nodes=1, keep_prob=1.0, drop_path_keep_prob=1.0,
+                               use_aux_head=False)
+    model = make_cell_network([0, 0, 1, 4] + [1, 0, 0, 2], config=config)
+    state = train_state(initial_variables(model, 0), CNN_PRESETS["smoke"])
+    step = make_train_step(model, CHANNEL_STATS["cifar10"], aux_weight=0.4, clip=5.0, weight_decay=3e-4,
+                           momentum=0.9, crop_padding=0, flip=False, cutout_size=0, sync_bn=True)
+    # Any batch: with cross-device BatchNorm every device normalises with the whole batch's statistics.
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (8, 32, 32, 3)).astype(np.uint8), rng.integers(0, 10, 8)
+    results = []
+    for devices in (1, 4):
+        replicated = parallel.replicate(state, devices)
+        batch = parallel.shard_to_devices((images, labels.astype(np.int32)), devices)
+        losses = []
+        for number in (1, 2):
+            replicated, metrics = step(replicated, *batch, np.float32(0.1), np.float32(0.5), np.int32(number),
+                                       jax.random.key(0))
+            losses.append(float(metrics["loss"][0]))
+        jax.tree.map(lambda x: np.testing.assert_array_equal(x[0], x[-1]), replicated)
+        results.append((losses, parallel.unreplicate(replicated)))
+    (losses1, state1), (losses4, state4) = results
+    np.testing.assert_allclose(losses1, losses4, rtol=1e-5)
+    # Everything agrees, the running variances included (Bessel's correction over all 8 images).
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), state1, state4)
+    print("OK", losses1, losses4)
+""")
+
+
+def test_one_and_four_devices_make_the_same_update_with_cross_device_batch_norm():
+    env = {**os.environ, **QUICK_XLA,
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=4 --xla_cpu_use_fusion_emitters=false"}
+    result = subprocess.run([sys.executable, "-c", _SYNC_SCRIPT], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("OK")
+
+
 PTB_CELL = ("s1=relu(s0) s2=relu(s0) s3=relu(s1) s4=tanh(s3) s5=relu(s4) s6=relu(s4) s7=relu(s5) s8=relu(s1) "
             "s9=relu(s7) s10=relu(s1) s11=sigmoid(s1)")  # NAONet's PTB cell
 NOWHERE = "--data_dir=/nonexistent"

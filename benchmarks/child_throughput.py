@@ -1,0 +1,245 @@
+"""CIFAR cell networks: train and eval images/s, fixed network against the weight-sharing supernet.
+
+    python benchmarks/child_throughput.py                            # both sizes, both modes
+    python benchmarks/child_throughput.py --sizes=search --steps=2   # the NAO-WS search size only
+    python benchmarks/child_throughput.py --peak_tflops=989          # on a GPU: + the share of its peak
+
+Rows: the NAONet-WS cell (``naonet_ws``, 5 ops) at the final-training size ("final": F=36, N=6, aux
+head, drop path, dropout) and at the NAO-WS search size ("search": ``SEARCH_CONFIG``, F=20, N=3), each
+as a fixed network (``CellNetwork``: the cell compiled in) and as the supernet (``Supernet``: the cell
+a traced int array, so one compilation serves every cell). A train step is one pmapped SGD step on
+uint8 images (``models.cnn_train.make_train_step``, which takes the supernet's cell as an argument):
+augmentation, forward, backward, gradient clipping, weight decay, momentum, BatchNorm statistics. Eval
+is the forward pass (``make_eval_step``): with the running BatchNorm statistics for the fixed network,
+with batch statistics for the supernet (as NAO-WS scores cells). Times are the fastest of ``--steps``
+steps after the first (other processes only ever add time); "compile s" is that first call,
+compilation included, less the fastest step, for train and eval.
+
+"vs PyTorch" divides by the original NAO code's figures (docs/jax-notes.md) where they measure the same
+mode: on CPU (2 threads) NAONet-B-36 as a fixed network (7.45 train / 24.6 eval images/s; B is another
+cell of the same space, similar in cost) and the NAO-WS supernet at F=20, N=3 (34.7 / 98); on a GPU the
+H200 figures (899 / 4992 and 1158 / 4494), comparable only on an H200.
+
+Then the input pipeline: ``epoch_batches`` + ``prefetch`` (the host-to-device copy in the producer
+thread) over random uint8 arrays of CIFAR-10's shape feed the fixed row with the shortest step, and
+the consumer's wait for each batch is set against the step time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data.cifar import CHANNEL_STATS  # noqa: E402
+from data.image_input import epoch_batches, prefetch  # noqa: E402
+from models import parallel  # noqa: E402
+from models.cnn import (  # noqa: E402
+    SEARCH_CONFIG,
+    CellNetworkConfig,
+    init_variables,
+    make_cell_network,
+    make_supernet,
+)
+from models.cnn_train import CnnTrainConfig, make_eval_step, make_train_step, train_state  # noqa: E402
+from nao.spaces.cifar import CifarWsSpace  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("sizes", ["final", "search"], "Which network sizes to time (final, search).")
+flags.DEFINE_list("modes", ["fixed", "supernet"], "fixed (CellNetwork) and/or supernet (Supernet).")
+flags.DEFINE_integer("batch", 128, "Global batch size, divided over the local devices.")
+flags.DEFINE_integer("steps", 3, "Timed steps per row and mode, after one compiling step.")
+flags.DEFINE_float("peak_tflops", None, "The device's peak TFLOP/s: adds the share of it used "
+                   "(model FLOPs: 3x the forward's for training).")
+flags.DEFINE_integer("pipeline_steps", 6, "Train steps fed by the input pipeline (0: skip it).")
+flags.DEFINE_string("arch", "naonet_ws", "The cell: a published name or string of the cifar_ws space.")
+
+SIZES = {"final": CellNetworkConfig(), "search": SEARCH_CONFIG}
+RECIPE = CnnTrainConfig()  # NAO_V1's optimiser settings; they do not change the step's cost
+STATS = CHANNEL_STATS["cifar10"]
+# The original code's images/s (train, eval) for (size, mode), per backend (docs/jax-notes.md).
+PYTORCH = {
+    "cpu": {("final", "fixed"): (7.45, 24.6), ("search", "supernet"): (34.7, 98.0)},
+    "gpu": {("final", "fixed"): (899.0, 4992.0), ("search", "supernet"): (1158.0, 4494.0)},
+}
+
+
+@dataclasses.dataclass
+class Row:
+    size: str
+    mode: str
+    config: CellNetworkConfig
+    train_s: float = 0.0
+    eval_s: float = 0.0
+    compile_s: float = 0.0
+
+
+def timed(fn: Callable, steps: int) -> tuple[float, float]:
+    """(fastest of ``steps`` calls, the first call) in seconds; ``fn`` blocks until its result is ready."""
+    start = time.perf_counter()
+    fn()
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times), first
+
+
+def build(row: Row, arch: tuple[int, ...], batch: int) -> tuple[Callable, Callable, dict]:
+    """(train step: state -> state, blocking; eval step: () -> None, blocking; the initial train state)."""
+    devices = jax.local_device_count()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, batch).astype(np.int32)
+    sharded = parallel.shard_to_devices((images, labels), devices)
+    dummy = jnp.zeros((2, 32, 32, 3), jnp.float32)
+    step_args = (np.float32(RECIPE.lr), np.float32(0.5), np.int32(1), jax.random.key(0))
+    supernet = row.mode == "supernet"
+    model = make_supernet(config=row.config) if supernet else make_cell_network(arch, config=row.config)
+    arch_array = np.asarray(arch, np.int32)
+    variables = jax.tree.map(np.asarray, init_variables(model, jax.random.key(0), dummy,
+                                                        *((arch_array,) if supernet else ())))
+    replicated = parallel.replicate(variables)
+    train = make_train_step(model, STATS, aux_weight=RECIPE.aux_weight, clip=RECIPE.clip,
+                            weight_decay=RECIPE.weight_decay, momentum=RECIPE.momentum,
+                            crop_padding=RECIPE.crop_padding, flip=RECIPE.flip,
+                            cutout_size=RECIPE.cutout_size)
+    evaluate = make_eval_step(model, STATS)
+    mask = parallel.shard_to_devices(np.ones(batch, np.float32), devices)
+    cell = (arch_array,) if supernet else ()  # the supernet's steps take the cell as an argument
+    train_args, eval_args = (*step_args, *cell), (replicated, *sharded, mask, *cell)
+
+    def train_step(state: dict, batch_args=sharded) -> dict:
+        state, metrics = train(state, *batch_args, *train_args)
+        jax.block_until_ready(metrics)
+        return state
+
+    def eval_step() -> None:
+        jax.block_until_ready(evaluate(*eval_args))
+
+    return train_step, eval_step, parallel.replicate(train_state(variables, RECIPE))
+
+
+def forward_flops(config: CellNetworkConfig, arch: tuple[int, ...], batch: int) -> float:
+    """XLA's FLOP count of the fixed network's eval forward pass (cells unrolled: XLA counts a loop's
+    body once)."""
+    model = make_cell_network(arch, config=dataclasses.replace(config, scan_cells=False))
+    images = jax.ShapeDtypeStruct((batch, 32, 32, 3), jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.key(0), images)
+    lowered = jax.jit(functools.partial(model.apply, train=False)).lower(variables, images)
+    return float(lowered.cost_analysis()["flops"])
+
+
+def pipeline_wait(train_step: Callable, state, batch: int, steps: int) -> tuple[float, float, float]:
+    """Seconds per batch: (producing one on the host alone, the consumer's mean wait while training,
+    the mean step) over ``steps`` steps fed by ``prefetch``, the first (nothing to overlap with) left out."""
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (50_000, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, 50_000).astype(np.int32)
+    devices = jax.local_device_count()
+
+    def batches(epoch: int):
+        return (parallel.shard_to_devices(b, devices) for b in epoch_batches(images, labels, batch, 0, epoch))
+
+    start = time.perf_counter()
+    for _, shards in zip(range(steps), batches(0)):
+        jax.block_until_ready(shards)
+    host = (time.perf_counter() - start) / steps
+    waits, step_times = [], []
+    feed = prefetch(batches(1))
+    try:
+        for _ in range(steps + 1):
+            start = time.perf_counter()
+            shards = next(feed)
+            ready = time.perf_counter()
+            state = train_step(state, shards)
+            waits.append(ready - start)
+            step_times.append(time.perf_counter() - ready)
+    finally:
+        feed.close()
+    return host, float(np.mean(waits[1:])), float(np.mean(step_times[1:]))
+
+
+def throughput_table() -> None:
+    backend = jax.default_backend()
+    arch = tuple(CifarWsSpace().from_string(FLAGS.arch))
+    batch = FLAGS.batch
+    parallel.shard(np.zeros(batch), jax.local_device_count())  # fails early on an indivisible batch
+    print(f"devices: {jax.local_device_count()} x {jax.devices()[0].device_kind} ({backend}); "
+          f"cell {FLAGS.arch}; batch {batch}")
+    peak = FLAGS.peak_tflops
+    header = ("| network | F | N | batch | mode | train images/s | eval images/s | supernet / fixed step "
+              "(train, eval) | compile s (train + eval) | vs PyTorch (train, eval) |")
+    if peak:
+        header += " % of peak (train, eval) |"
+    print(header)
+    print("|---" * (header.count("|") - 1) + "|")
+    fastest = None
+    notes = ["supernet eval normalises with batch statistics, as NAO-WS scores cells; the fixed network's "
+             "with its running averages"]
+    for size in FLAGS.sizes:
+        config = SIZES[size]
+        flops = forward_flops(config, arch, batch) if peak else 0.0
+        if peak:
+            notes.append(f"{size}: {flops / batch / 1e9:.3f} GFLOP per image in the forward pass")
+        fixed = None
+        for mode in FLAGS.modes:
+            row = Row(size, mode, config)
+            train_step, eval_step, state = build(row, arch, batch)
+            holder = {"state": state}
+
+            def one_step(train_step=train_step, holder=holder):
+                holder["state"] = train_step(holder["state"])
+
+            row.train_s, train_first = timed(one_step, FLAGS.steps)
+            row.eval_s, eval_first = timed(eval_step, FLAGS.steps)
+            row.compile_s = train_first - row.train_s + eval_first - row.eval_s
+            fixed = row if mode == "fixed" else fixed
+            ratio = (f"{row.train_s / fixed.train_s:.2f}x, {row.eval_s / fixed.eval_s:.2f}x"
+                     if mode == "supernet" and fixed else "")
+            train_ips, eval_ips = batch / row.train_s, batch / row.eval_s
+            reference = PYTORCH.get(backend, {}).get((size, mode))
+            versus = f"{train_ips / reference[0]:.2f}x, {eval_ips / reference[1]:.2f}x" if reference else ""
+            line = (f"| {size} | {config.channels} | {config.layers} | {batch} | {mode} | {train_ips:.1f} | "
+                    f"{eval_ips:.1f} | {ratio} | {row.compile_s:.0f} | {versus} |")
+            if peak:
+                line += (f" {100 * 3 * flops / row.train_s / (peak * 1e12):.2f}%, "
+                         f"{100 * flops / row.eval_s / (peak * 1e12):.2f}% |")
+            print(line, flush=True)
+            if mode == "fixed" and (fastest is None or row.train_s < fastest[0].train_s):
+                fastest = (row, train_step, holder)
+    print("\n" + "; ".join(notes))
+    if FLAGS.pipeline_steps and fastest:
+        row, train_step, holder = fastest
+        host, wait, step = pipeline_wait(train_step, holder["state"], batch, FLAGS.pipeline_steps)
+        print(f"\ninput pipeline ({row.size}, fixed, batch {batch}, {FLAGS.pipeline_steps} steps): a batch "
+              f"takes {host * 1e3:.1f} ms to gather and put on the device(s) alone; while training the "
+              f"consumer waited {wait * 1e3:.1f} ms per batch against a {step * 1e3:.0f} ms step "
+              f"({100 * wait / (wait + step):.1f}% of the time)")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    unknown = (set(FLAGS.sizes) - set(SIZES)) | (set(FLAGS.modes) - {"fixed", "supernet"})
+    if unknown:
+        raise app.UsageError(f"unknown --sizes/--modes {sorted(unknown)}: sizes {', '.join(SIZES)}, "
+                             "modes fixed, supernet")
+    throughput_table()
+
+
+if __name__ == "__main__":
+    app.run(main)
