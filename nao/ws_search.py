@@ -111,7 +111,8 @@ class WsSearch:
         options.validate()
         self.space, self.supernet, self.options = space, supernet, options
         self.out = Path(output_dir)
-        self.meta = {**meta, "kind": "ws_search", "space": space.name, "options": dataclasses.asdict(options)}
+        self.meta = {**meta, "kind": "ws_search", "space": space.name, "options": dataclasses.asdict(options),
+                     "controller": dataclasses.asdict(controller)}
         self.store = CheckpointStore(self.out / "checkpoints")
         self.history = History(self.out / "history.jsonl")
         nao = NaoOptions(init_size=0, per_iteration=options.new_per_round, top_k=options.top_k,
