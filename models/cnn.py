@@ -225,9 +225,10 @@ class SupernetCell(_Cell):
     """A weight-sharing cell; ``arch`` is the (2, nodes, 4) int array of the whole network.
 
     The cell owns every op of every input group, its variables stacked over the group's weight copies
-    (``weight_copies``) in a parameter named ``<op><suffix>``. A ``lax.scan`` over the 2 * nodes
-    branches (node, side) runs one ``lax.switch``, so only the chosen op is computed and XLA compiles
-    each op once per cell rather than once per branch.
+    (``weight_copies``) in a parameter named ``<op><suffix>``. A ``lax.scan`` over the nodes runs one
+    ``lax.switch`` per side, so only the chosen ops are computed and XLA compiles each op twice per cell
+    rather than once per branch; each node's output is written once into an array of the cell's states
+    (in a normal cell the two inputs lead it, so a branch reads any state with one dynamic slice).
     """
 
     @nn.compact
@@ -242,33 +243,39 @@ class SupernetCell(_Cell):
                         and not self.is_initializing())
         keep = self.keep_prob(layer_id, progress)
 
-        def branch_step(carry, step):
-            outputs, node_sum, stats = carry
-            node, side, in_id, op_id, rng = step
-            y, stats = self._branch(banks, stats, inputs, outputs, node, side, in_id, op_id, update_stats)
-            if keep is not None:
-                branch_keep = keep
-                if "identity" in self.ops:  # identity branches are never dropped
-                    branch_keep = jnp.where(op_id == self.ops.index("identity"), 1.0, keep)
-                y = drop_path(y, branch_keep, rng)
-            node_sum = jnp.where(side == 0, y, node_sum + y)
-            # Side x writes a partial sum that side y overwrites; later nodes read only the full one.
-            return (jax.lax.dynamic_update_index_in_dim(outputs, node_sum, node, 0), node_sum, stats), None
+        def node_step(carry, step):
+            # Both branches of a node, then its output written once: later nodes read only full sums.
+            node_outputs, stats = carry
+            node, in_ids, op_ids, rngs = step
+            y = 0.0
+            for side in range(2):
+                branch, stats = self._branch(banks, stats, inputs, node_outputs, node, side, in_ids[side],
+                                             op_ids[side], update_stats)
+                if keep is not None:
+                    branch_keep = keep
+                    if "identity" in self.ops:  # identity branches are never dropped
+                        branch_keep = jnp.where(op_ids[side] == self.ops.index("identity"), 1.0, keep)
+                    branch = drop_path(branch, branch_keep, rngs[side])
+                y = y + branch
+            offset = 0 if self.reduction else 2  # normal cells keep the two inputs in the same array
+            return (jax.lax.dynamic_update_index_in_dim(node_outputs, y, node + offset, 0), stats), None
 
         n = self.nodes
         size = (s1.shape[1] + 1) // 2 if self.reduction else s1.shape[1]
-        node_sum = jnp.zeros((s1.shape[0], size, size, self.channels), s1.dtype)
         stats = {b.key: b.stats.value for b in banks if b.stats is not None}
-        steps = (jnp.repeat(jnp.arange(n), 2), jnp.tile(jnp.arange(2), n), cell_arch[:, 0::2].reshape(-1),
-                 cell_arch[:, 1::2].reshape(-1),
-                 jax.random.split(self.make_rng("droppath"), 2 * n) if keep is not None else None)
-        outputs = jnp.zeros((n, *node_sum.shape), node_sum.dtype)
-        (outputs, _, stats), _ = jax.lax.scan(branch_step, (outputs, node_sum, stats), steps)
+        rngs = (jax.random.split(self.make_rng("droppath"), 2 * n).reshape(n, 2) if keep is not None
+                else jnp.zeros((n, 2), jnp.uint32))
+        steps = (jnp.arange(n), cell_arch[:, 0::2], cell_arch[:, 1::2], rngs)
+        zeros = jnp.zeros((n, s1.shape[0], size, size, self.channels), s1.dtype)
+        # A normal cell's states (inputs, then nodes) share one array, so a branch reads any of them with
+        # one dynamic slice; a reduction cell's inputs have twice the nodes' resolution.
+        node_outputs = zeros if self.reduction else jnp.concatenate([inputs, zeros])
+        (node_outputs, stats), _ = jax.lax.scan(node_step, (node_outputs, stats), steps)
+        outputs = list(node_outputs if self.reduction else node_outputs[2:])
         if update_stats:
             for b in banks:
                 if b.stats is not None:
                     b.stats.value = stats[b.key]
-
         if self.reduction:  # the cell inputs join the output only when loose, at the reduced size
             states = [FactorizedReduce(self.channels, name=f"reduce_loose{j}")(state, self.bn_train)
                       for j, state in enumerate(states)]
@@ -302,11 +309,11 @@ class SupernetCell(_Cell):
     def _branch(self, banks: list[_Bank], stats: dict, inputs: jax.Array, outputs: jax.Array,
                 node: jax.Array, side: jax.Array, in_id: jax.Array, op_id: jax.Array, update_stats: bool):
         """Apply op ``op_id`` to state ``in_id`` with the branch's weight copy; only that op is computed."""
-        from_inputs, from_nodes = pick(inputs, in_id), pick(outputs, in_id - 2)  # pick clamps
-        if self.reduction:
-            operands, index = (from_inputs, from_nodes), (in_id >= 2) * len(self.ops) + op_id
-        else:
-            operands, index = (jnp.where(in_id < 2, from_inputs, from_nodes),), op_id
+        if self.reduction:  # pick clamps: the operand of the other group is a placeholder
+            operands = (pick(inputs, in_id), pick(outputs, in_id - 2))
+            index = (in_id >= 2) * len(self.ops) + op_id
+        else:  # ``outputs`` holds the two inputs too
+            operands, index = (pick(outputs, in_id),), op_id
         copies = weight_copies(node, side, in_id, self.nodes, self.reduction)
         copy_of = {b.key: copies[b.group] for b in banks}
         weights = {b.key: jax.tree.map(lambda w, c=copy_of[b.key]: pick(w, c), b.params) for b in banks}
