@@ -128,6 +128,8 @@ _NAO_FLAGS = {
     "max_eta": (flags.DEFINE_integer, "If > 0, the paper's step-size ladder eta = 1..max_eta."),
     "acquisition": (flags.DEFINE_string, "Choice among decoded candidates: its, mean, ucb, none."),
     "neighbor_seeds": (flags.DEFINE_integer, "Also offer the one-edit neighbours of the best n."),
+    "local_slots": (flags.DEFINE_integer, "Of each batch, up to this many go to the unseen one-edit "
+                    "neighbours of the best architecture (default 5, paper 0)."),
     "targets": (flags.DEFINE_string, "Target normalisation: rank or minmax (paper)."),
 }
 for _name, (_define, _help) in {**_CONTROLLER_FLAGS, **_NAO_FLAGS}.items():

@@ -116,7 +116,8 @@ class WsSearch:
         self.store = CheckpointStore(self.out / "checkpoints")
         self.history = History(self.out / "history.jsonl")
         nao = NaoOptions(init_size=0, per_iteration=options.new_per_round, top_k=options.top_k,
-                         max_eta=options.max_eta, acquisition="none", targets="minmax", neighbor_seeds=0)
+                         max_eta=options.max_eta, acquisition="none", targets="minmax", neighbor_seeds=0,
+                         local_slots=0)
         self.strategy = NaoStrategy(space, options.seed, controller, nao)
         first_rng = np.random.default_rng([options.seed, 0])
         self.pool = sample_unseen(space, Pool(space), first_rng, options.pool_size)

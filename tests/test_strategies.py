@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ from nao.evaluators import Evaluation, Evaluator
 from nao.history import History, HistoryError
 from nao.search import SearchError, best_so_far, search
 from nao.spaces.base import InvalidArchitectureError, SearchSpace
-from nao.strategies import NAO_PRESETS, STRATEGIES, make_strategy
+from nao.strategies import NAO_PRESETS, STRATEGIES, Pool, make_strategy
 from nao.strategies.evolution import RegularizedEvolution
 from nao.strategies.local_search import LocalSearch
 from nao.strategies.nao import normalize_targets
@@ -355,3 +356,25 @@ def test_minmax_targets_map_min_to_zero_and_max_to_one():
     scores = np.array([3.0, 1.0, 2.0, 5.0])
     np.testing.assert_allclose(normalize_targets(scores, "minmax"), [0.5, 0.0, 0.25, 1.0])
     np.testing.assert_allclose(normalize_targets(np.array([2.0, 2.0]), "minmax"), [0.5, 0.5])
+
+
+# --- NAO local slots --------------------------------------------------------------------------------
+
+def test_nao_local_slots_go_to_unseen_neighbours_of_the_best(small_controller, nb201_space, nb201_evaluator):
+    """With the choice among candidates rigged to prefer the last ones (neighbours of the worst pool
+    architecture), only ``local_slots`` brings the best architecture's neighbours into the batch."""
+    firsts = []
+    for local_slots in (0, 3):
+        options = dataclasses.replace(NAO_PRESETS["smoke"], init_size=6, per_iteration=6, neighbor_seeds=6,
+                                      local_slots=local_slots)
+        strategy = make_strategy("nao", nb201_space, 0, controller=small_controller, nao_options=options)
+        strategy._select = lambda candidates, count: candidates[::-1][:count]
+        pool = Pool(nb201_space)
+        batch = strategy.propose(pool, options.init_size)
+        for slot, result in sorted(nb201_evaluator.evaluate(batch)):
+            pool.add(batch[slot], result.valid)
+        best_neighbours = {nb201_space.key(a) for a in nb201_space.neighbors(pool.top(1)[0])}
+        proposed = strategy.propose(pool, 6)
+        assert len({nb201_space.key(a) for a in proposed}) == 6 and not any(a in pool for a in proposed)
+        firsts.append([nb201_space.key(a) in best_neighbours for a in proposed[:3]])
+    assert not all(firsts[0]) and all(firsts[1])

@@ -6,7 +6,10 @@ taken in the order they appear. ``default`` adds what the NAS-Bench-201
 benchmark shows pays off under small budgets: an ensemble of controllers,
 rank-normalised targets, a fixed ladder of step sizes decoded in one call, and
 a choice among all decoded candidates by independent Thompson sampling from
-the ensemble's predictions (mean and spread), as BANANAS chooses.
+the ensemble's predictions (mean and spread), as BANANAS chooses. Half of
+each batch (``local_slots``) is chosen the same way among the unseen one-edit
+neighbours of the best architecture so far, so the incumbent's neighbourhood
+is explored even where the predictor, fitted on few architectures, misranks it.
 """
 
 from __future__ import annotations
@@ -31,14 +34,15 @@ class NaoOptions:
     ucb_kappa: float = 1.0
     targets: str = "rank"  # rank | minmax (the paper's)
     neighbor_seeds: int = 3  # > 0: also offer the one-edit neighbours of the best n as candidates
+    local_slots: int = 5  # of each batch, up to this many go to the best architecture's unseen neighbours
 
 
 NAO_PRESETS: dict[str, NaoOptions] = {
     "paper": NaoOptions(init_size=50, per_iteration=50, top_k=100, max_eta=100, acquisition="none",
-                        neighbor_seeds=0,
+                        neighbor_seeds=0, local_slots=0,
                         targets="minmax"),
     "default": NaoOptions(),
-    "smoke": NaoOptions(init_size=4, per_iteration=4, top_k=4, etas=(1, 4, 16)),
+    "smoke": NaoOptions(init_size=4, per_iteration=4, top_k=4, etas=(1, 4, 16), local_slots=2),
 }
 ACQUISITIONS = ("its", "mean", "ucb", "none")
 TARGETS = ("rank", "minmax")
@@ -92,7 +96,14 @@ class NaoStrategy(Strategy):
                     if neighbor not in pool and self.space.key(neighbor) not in taken:
                         taken.add(self.space.key(neighbor))
                         candidates.append(neighbor)
-            chosen = self._select(candidates, count)
+            chosen = []
+            if opts.local_slots > 0:
+                best_neighbors = {self.space.key(a) for a in self.space.neighbors(pool.top(1)[0])}
+                local = [a for a in candidates if self.space.key(a) in best_neighbors]
+                chosen = self._select(local, min(opts.local_slots, count))
+                picked = {self.space.key(a) for a in chosen}
+                candidates = [a for a in candidates if self.space.key(a) not in picked]
+            chosen += self._select(candidates, count - len(chosen))
         if len(chosen) < count:  # too few new decodings: spend the rest of the batch at random
             taken = {self.space.key(a) for a in chosen}
             extra = [a for a in sample_unseen(self.space, pool, self.rng, count)
