@@ -6,9 +6,12 @@ fit / predict / generate functions compile once per pytest session.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -87,3 +90,46 @@ def write_cifar(root: Path, dataset: str, train: int, test: int, seed: int) -> P
     for name, count in files:
         _batch(folder / name, rng.integers(0, len(PALETTE), count), rng, key)
     return root
+
+
+# XLA's cheapest compilation, for subprocesses (env) and in-process: compiling a cell network, not
+# running it, is what costs in the CIFAR tests.
+QUICK_XLA = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_PLATFORMS": "cpu"}
+
+
+@contextlib.contextmanager
+def quick_xla():
+    before = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", before)
+
+
+@pytest.fixture(scope="module")
+def quick_compilation():
+    """``quick_xla`` for a whole module (``pytestmark = pytest.mark.usefixtures(...)``)."""
+    with quick_xla():
+        yield
+
+
+def run_killed_then_resumed(make_search: Callable):
+    """Kill a NAO-WS search (``make_search()``, always the same run directory) in its second supernet
+    epoch, check what the checkpoint kept, resume it in a new search and return the final summary."""
+    search = make_search()
+    real_train = search.supernet.train_epoch
+
+    def dies_in_epoch_two(archs, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real_train(archs, epoch)
+
+    search.supernet.train_epoch = dies_in_epoch_two
+    with pytest.raises(KeyboardInterrupt):
+        search.run()
+    assert search.store.latest_step() == 1
+    resumed = make_search()
+    resumed.resume()
+    assert resumed.epoch == 1 and len(resumed.rounds) == 1
+    return resumed.run()

@@ -18,7 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import write_cifar
+from conftest import QUICK_XLA, write_cifar
 from flax import traverse_util
 
 from data.cifar import load_cifar
@@ -44,16 +44,7 @@ CHEAP = "0 2 1 4 0 2 1 3 0 2 1 4 0 3 1 4 0 2 1 4 | 0 2 1 4 0 2 1 3 0 2 1 4 0 3 1
 OTHER = CHEAP.replace("0 3 1 4 0 2 1 4 |", "0 2 1 4 0 2 1 4 |")
 SMOKE = dataclasses.replace(CNN_PRESETS["smoke"], epochs=1)
 TWO_EPOCHS = dataclasses.replace(SMOKE, epochs=2)
-QUICK_XLA = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_PLATFORMS": "cpu"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def quick_compilation():
-    """XLA's cheapest compilation for this module's steps (compiling, not running, is what costs here)."""
-    before = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", before)
+pytestmark = pytest.mark.usefixtures("quick_compilation")
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
-from conftest import write_cifar
+from conftest import QUICK_XLA, run_killed_then_resumed, write_cifar
 
 from data.cifar import load_cifar, search_split
 from models.cnn_supernet import CifarSupernet, supernet_config
@@ -29,15 +28,7 @@ from nao.ws_search import WsSearch, ws_options
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = get_space("cifar_ws")
 OPTIONS = ws_options("cifar_ws", "smoke", epochs=3, round_epochs=1)
-QUICK_XLA = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_PLATFORMS": "cpu"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def quick_compilation():
-    before = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", before)
+pytestmark = pytest.mark.usefixtures("quick_compilation")
 
 
 @pytest.fixture(scope="module")
@@ -94,23 +85,7 @@ def test_scores_do_not_depend_on_the_other_cells_scored(finished, cifar10, tmp_p
 def test_a_killed_search_resumes_to_the_same_result(finished, cifar10, tmp_path):
     _, reference = finished
     out = tmp_path / "killed"
-    search = make_search(cifar10, out)
-    real_train = search.supernet.train_epoch
-
-    def dies_in_epoch_two(archs, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real_train(archs, epoch)
-
-    search.supernet.train_epoch = dies_in_epoch_two
-    with pytest.raises(KeyboardInterrupt):
-        search.run()
-    assert search.store.latest_step() == 1
-
-    resumed = make_search(cifar10, out)
-    resumed.resume()
-    assert resumed.epoch == 1 and len(resumed.rounds) == 1
-    summary = resumed.run()
+    summary = run_killed_then_resumed(lambda: make_search(cifar10, out))
     assert summary["top"] == reference["top"] and summary["rounds"] == reference["rounds"]
     assert len(history(out)) == 3 * OPTIONS.pool_size  # nothing scored twice
 

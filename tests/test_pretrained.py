@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import write_cifar
+from conftest import quick_xla, write_cifar
 
 from data.cifar import load_cifar
 from data.text import load_corpus
@@ -64,17 +64,6 @@ def last_error_line(err: str) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     return lines[0]
-
-
-@contextlib.contextmanager
-def quick_xla():
-    """XLA's cheapest compilation (compiling a cell network, not running it, is what costs here)."""
-    before = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_disable_most_optimizations", before)
 
 
 def one_line_error(info: pytest.ExceptionInfo, *needles: str) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_killed_then_resumed
 
 from data.text import load_corpus
 from models.lm_supernet import LmSupernet, supernet_config
@@ -68,23 +69,7 @@ def test_the_supernet_learns_across_rounds(finished):
 def test_a_killed_search_resumes_to_the_same_result(finished, ptb_dir, tmp_path):
     _, reference = finished
     out = tmp_path / "killed"
-    search = make_search(ptb_dir, out)
-    real_train = search.supernet.train_epoch
-
-    def dies_in_epoch_two(archs, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real_train(archs, epoch)
-
-    search.supernet.train_epoch = dies_in_epoch_two
-    with pytest.raises(KeyboardInterrupt):
-        search.run()
-    assert search.store.latest_step() == 1
-
-    resumed = make_search(ptb_dir, out)
-    resumed.resume()
-    assert resumed.epoch == 1 and len(resumed.rounds) == 1
-    summary = resumed.run()
+    summary = run_killed_then_resumed(lambda: make_search(ptb_dir, out))
     assert summary["top"] == reference["top"]
     assert summary["rounds"] == reference["rounds"]
     rows = history(out)
