@@ -15,15 +15,15 @@ reduction cell the ops that read the cell inputs have stride 2.
 ``Supernet`` (NAO_V1's ``NASWSNetworkCIFAR``) takes the architecture as an int array argument, so one
 compilation serves every architecture. As in NAO_V1 and ENAS, every side (x, y) of every node owns
 every op with one weight set per candidate input; a cell stores each op's weight sets stacked
-(``input_groups``, ``weight_copies``). A ``lax.scan`` over the cell's 2 * nodes branches picks the
-branch's input state by dynamic indexing and runs its op through ``lax.switch``, so only the chosen op
-is computed (not every op then masked, which is what ran NAO-WS out of memory, reference §7.1) and XLA
-compiles each op once per cell. Reduction cells are kept as NAO_V1 has them, not rewritten ENAS-style
+(``input_groups``, ``weight_copies``). A ``lax.scan`` over the cell's nodes picks each side's input
+state by dynamic indexing and runs its op through ``lax.switch``, so only the chosen op is computed
+(not every op then masked, which is what ran NAO-WS out of memory, reference §7.1) and XLA compiles
+each op twice per cell (once per side). Reduction cells are kept as NAO_V1 has them, not rewritten ENAS-style
 (reduce the inputs first, then run at stride 1): their candidate inputs form two groups of uniform
 shape, the two cell inputs (ops at stride 2) and the earlier nodes (stride 1), with a switch branch
-per (group, op). The cell output is NAO_V1's: all states concatenated, multiplied by the loose-end mask
-(so only loose ends contribute; a reduction cell's inputs are factorised-reduced first) and mapped back
-to C channels by ReLU-1x1 conv-BN. Unlike the fixed network's, a supernet cell's output therefore
+per (group, op). The cell output is NAO_V1's: the loose ends concatenated (a reduction cell's inputs
+factorised-reduced first) and mapped back to C channels by ReLU-1x1 conv-BN with the kernel rows of
+those states (``LooseEndCombine``; states that are not loose are skipped, not masked). Unlike the fixed network's, a supernet cell's output therefore
 always has C channels, and its op weights are the fixed network's with a leading copy axis. Its BN
 parameters and running statistics are per weight copy (NAO_V1 shares the running statistics).
 
@@ -62,7 +62,9 @@ from models.cnn_ops import (
     Conv,
     FactorizedReduce,
     ReLUConvBN,
+    conv,
     drop_path,
+    drop_path_scale,
     fan_in,
     kaiming_normal,
     make_op,
@@ -221,6 +223,34 @@ class _Bank:
     stats: nn.Variable | None
 
 
+class LooseEndCombine(nn.Module):
+    """A supernet cell's output: ReLU, 1x1 conv and BN of the concatenated loose ends.
+
+    The kernel has a block of rows for every state; NAO_V1 concatenates only the loose states and
+    their blocks. Here the product is a sum over states of ``relu(state) @ block``, each under a
+    ``lax.cond`` on the state being loose, so the states no node reads cost nothing, forward or
+    backward (multiplying every state by a 0/1 mask and running the full product cost (n + 2) / k
+    times the k loose ends' work).
+    """
+
+    channels: int
+
+    @nn.compact
+    def __call__(self, states: Sequence[jax.Array], loose: jax.Array, bn_train: bool) -> jax.Array:
+        width = states[0].shape[-1]
+        kernel = self.param("kernel", kaiming_normal, (1, 1, len(states) * width, self.channels))
+        blocks = kernel.reshape(len(states), 1, 1, width, self.channels)
+
+        def product(state: jax.Array, block: jax.Array) -> jax.Array:
+            return conv(nn.relu(state), block)
+
+        def skip(state: jax.Array, block: jax.Array) -> jax.Array:
+            return jnp.zeros((*state.shape[:-1], self.channels), state.dtype)
+
+        x = sum(jax.lax.cond(loose[j], product, skip, state, blocks[j]) for j, state in enumerate(states))
+        return BatchNorm()(x, bn_train)
+
+
 class SupernetCell(_Cell):
     """A weight-sharing cell; ``arch`` is the (2, nodes, 4) int array of the whole network.
 
@@ -249,16 +279,22 @@ class SupernetCell(_Cell):
             node, in_ids, op_ids, rngs = step
             y = 0.0
             for side in range(2):
-                branch, stats = self._branch(banks, stats, inputs, node_outputs, node, side, in_ids[side],
-                                             op_ids[side], update_stats)
+                scale = None
                 if keep is not None:
                     branch_keep = keep
                     if "identity" in self.ops:  # identity branches are never dropped
                         branch_keep = jnp.where(op_ids[side] == self.ops.index("identity"), 1.0, keep)
-                    branch = drop_path(branch, branch_keep, rngs[side])
+                    scale = drop_path_scale(branch_keep, rngs[side], s1.shape[0])
+                branch, stats = self._branch(banks, stats, inputs, node_outputs, node, side, in_ids[side],
+                                             op_ids[side], scale, update_stats)
                 y = y + branch
             offset = 0 if self.reduction else 2  # normal cells keep the two inputs in the same array
-            return (jax.lax.dynamic_update_index_in_dim(node_outputs, y, node + offset, 0), stats), None
+            # Added to the zeros there rather than written over them: the backward pass then leaves the
+            # slot's cotangent in place instead of zeroing it, which cost XLA two copies of the whole
+            # array of state cotangents per node.
+            node_outputs = node_outputs.at[node + offset].add(y, mode="promise_in_bounds",
+                                                              indices_are_sorted=True, unique_indices=True)
+            return (node_outputs, stats), None
 
         n = self.nodes
         size = (s1.shape[1] + 1) // 2 if self.reduction else s1.shape[1]
@@ -279,11 +315,9 @@ class SupernetCell(_Cell):
         if self.reduction:  # the cell inputs join the output only when loose, at the reduced size
             states = [FactorizedReduce(self.channels, name=f"reduce_loose{j}")(state, self.bn_train)
                       for j, state in enumerate(states)]
-        loose = 1.0 - jnp.zeros(n + 2).at[cell_arch[:, 0]].set(1.0).at[cell_arch[:, 2]].set(1.0)
-        # One concatenation of the n + 2 states (node-major channels), not a transpose of the stacked
-        # outputs and then a concatenation: one pass over them fewer.
-        x = jnp.concatenate([state * loose[j] for j, state in enumerate([*states, *outputs])], axis=-1)
-        return (s1, ReLUConvBN(self.channels, name="combine")(x, self.bn_train)), None
+        loose = jnp.ones(n + 2, bool).at[cell_arch[:, 0]].set(False).at[cell_arch[:, 2]].set(False)
+        output = LooseEndCombine(self.channels, name="combine")([*states, *outputs], loose, self.bn_train)
+        return (s1, output), None
 
     def _banks(self) -> list[_Bank]:
         """Declare the stacked variables of every op and group, in the switch's branch order."""
@@ -307,8 +341,14 @@ class SupernetCell(_Cell):
         return banks
 
     def _branch(self, banks: list[_Bank], stats: dict, inputs: jax.Array, outputs: jax.Array,
-                node: jax.Array, side: jax.Array, in_id: jax.Array, op_id: jax.Array, update_stats: bool):
-        """Apply op ``op_id`` to state ``in_id`` with the branch's weight copy; only that op is computed."""
+                node: jax.Array, side: jax.Array, in_id: jax.Array, op_id: jax.Array, scale: jax.Array | None,
+                update_stats: bool):
+        """Apply op ``op_id`` to state ``in_id`` with the branch's weight copy, times drop path's ``scale``
+        (None: no drop path); only that op is computed.
+
+        The drop-path product is inside the switch so that the backward pass hands the node's cotangent
+        straight to both sides' switches: a product outside made XLA read it from the array of state
+        cotangents twice, and copy that whole array (twice) to update it in place."""
         if self.reduction:  # pick clamps: the operand of the other group is a placeholder
             operands = (pick(inputs, in_id), pick(outputs, in_id - 2))
             index = (in_id >= 2) * len(self.ops) + op_id
@@ -320,21 +360,22 @@ class SupernetCell(_Cell):
         own_stats = {key: jax.tree.map(lambda s, c=copy_of[key]: pick(s, c), value)
                      for key, value in stats.items()}
 
-        def run(bank, operands, weights, own_stats):
+        def run(bank, operands, weights, own_stats, scale):
             variables = {"params": weights[bank.key], "batch_stats": own_stats.get(bank.key, {})}
             if not self.bn_train:
-                return bank.op.apply(variables, operands[bank.group], False), own_stats
-            y, updates = bank.op.apply(variables, operands[bank.group], True, mutable=["batch_stats"])
-            if bank.key in own_stats:
-                own_stats = {**own_stats, bank.key: updates["batch_stats"]}
-            return y, own_stats
+                y = bank.op.apply(variables, operands[bank.group], False)
+            else:
+                y, updates = bank.op.apply(variables, operands[bank.group], True, mutable=["batch_stats"])
+                if bank.key in own_stats:
+                    own_stats = {**own_stats, bank.key: updates["batch_stats"]}
+            return (y if scale is None else y * scale), own_stats
 
         # On CPU each branch is rematerialised in the backward pass: otherwise lax.switch keeps the
         # residuals of every op (zeros for the ops not taken) and the scan stacks them all at every step,
         # which made training 1.6x slower there. (Not measured on GPUs/TPUs, so left as it was.)
         remat = jax.checkpoint if jax.default_backend() == "cpu" else (lambda f: f)
         branches = [remat(functools.partial(run, b)) for b in banks]
-        y, own_stats = jax.lax.switch(index, branches, operands, weights, own_stats)
+        y, own_stats = jax.lax.switch(index, branches, operands, weights, own_stats, scale)
         if update_stats:
             stats = {key: jax.tree.map(
                 lambda full, part, c=copy_of[key]: jax.lax.dynamic_update_index_in_dim(full, part, c, 0),

@@ -464,7 +464,11 @@ def make_op(op: str, channels: int, stride: int = 1, **kwargs) -> nn.Module:
     return OPS[op](channels, stride, **kwargs)
 
 
+def drop_path_scale(keep_prob: jax.Array | float, rng: jax.Array, batch: int) -> jax.Array:
+    """Drop path's (batch, 1, 1, 1) factors: 0 with probability ``1 - keep_prob``, else ``1 / keep_prob``."""
+    return jax.random.bernoulli(rng, keep_prob, (batch, 1, 1, 1)) / keep_prob
+
+
 def drop_path(x: jax.Array, keep_prob: jax.Array | float, rng: jax.Array) -> jax.Array:
     """Zero whole examples of a branch with probability ``1 - keep_prob``, rescaling the kept ones."""
-    keep = jax.random.bernoulli(rng, keep_prob, (x.shape[0], 1, 1, 1))
-    return x * (keep / keep_prob)
+    return x * drop_path_scale(keep_prob, rng, x.shape[0])

@@ -20,6 +20,7 @@ from models.cnn import (
     SEARCH_CONFIG,
     Cell,
     CellNetworkConfig,
+    LooseEndCombine,
     init_variables,
     input_groups,
     make_cell_network,
@@ -27,7 +28,18 @@ from models.cnn import (
     param_count,
     weight_copies,
 )
-from models.cnn_ops import FULL_OPS, OPS, WS_OPS, conv, depthwise_conv, drop_path, fan_in, make_op, pool
+from models.cnn_ops import (
+    FULL_OPS,
+    OPS,
+    WS_OPS,
+    ReLUConvBN,
+    conv,
+    depthwise_conv,
+    drop_path,
+    fan_in,
+    make_op,
+    pool,
+)
 
 NAONET_B = "0 1 0 2 0 1 2 2 1 3 0 2 4 0 1 3 2 1 0 3 | 1 1 1 0 2 1 2 4 1 0 2 3 3 1 2 2 0 2 0 2"
 TINY = CellNetworkConfig(channels=4, layers=1, nodes=2, keep_prob=1.0)
@@ -300,6 +312,29 @@ def test_supernet_op_weights_are_the_fixed_networks_stacked():
                     lambda s: s.shape, fixed[f"cell_{cell}"][name])
                 checked += 1
     assert checked > 10
+
+
+def test_loose_end_combine_is_the_conv_of_the_masked_concatenation():
+    """Skipping the states that are not loose changes nothing: the output is ReLU-conv-BN of all states
+    concatenated with the others zeroed, and the kernel rows of skipped states get no gradient."""
+    states = list(jax.random.normal(jax.random.key(0), (4, 2, 5, 5, 3)))
+    loose = jnp.array([True, False, False, True])
+    combine, reference = LooseEndCombine(6), ReLUConvBN(6)
+    variables = combine.init(jax.random.key(1), states, loose, True)
+    mirrored = {"params": {"Conv_0": {"kernel": variables["params"]["kernel"]},
+                           "BatchNorm_0": variables["params"]["BatchNorm_0"]},
+                "batch_stats": variables["batch_stats"]}
+    masked = jnp.concatenate([s * m for s, m in zip(states, loose)], axis=-1)
+    out, stats = combine.apply(variables, states, loose, True, mutable=["batch_stats"])
+    expected, expected_stats = reference.apply(mirrored, masked, True, mutable=["batch_stats"])
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(stats["batch_stats"]["BatchNorm_0"]["mean"],
+                               expected_stats["batch_stats"]["BatchNorm_0"]["mean"], rtol=1e-5, atol=1e-6)
+    def loss(variables):
+        return jnp.sum(combine.apply(variables, states, loose, True, mutable=["batch_stats"])[0] ** 3)
+
+    grad = jax.grad(loss)(variables)["params"]["kernel"].reshape(4, 3, 6)
+    assert np.all(grad[1:3] == 0) and np.all(grad[0] != 0) and np.all(grad[3] != 0)
 
 
 def test_weight_copies_give_each_branch_and_input_its_own_weights():
