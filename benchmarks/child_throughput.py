@@ -15,10 +15,10 @@ with batch statistics for the supernet (as NAO-WS scores cells). Times are the f
 steps after the first (other processes only ever add time); "compile s" is that first call,
 compilation included, less the fastest step, for train and eval.
 
-"vs PyTorch" divides by the original NAO code's figures (docs/jax-notes.md) where they measure the same
-mode: on CPU (2 threads) NAONet-B-36 as a fixed network (7.45 train / 24.6 eval images/s; B is another
-cell of the same space, similar in cost) and the NAO-WS supernet at F=20, N=3 (34.7 / 98); on a GPU the
-H200 figures (899 / 4992 and 1158 / 4494), comparable only on an H200.
+"vs PyTorch" divides by the original NAO code's figures, measured on our machines, where they measure
+the same mode: on CPU (2 threads) NAONet-B-36 as a fixed network (7.45 train / 24.6 eval images/s; B is
+another cell of the same space, similar in cost) and the NAO-WS supernet at F=20, N=3 (34.7 / 98); on a
+GPU the H200 figures (899 / 4992 and 1158 / 4494), comparable only on an H200.
 
 Then the input pipeline: ``epoch_batches`` + ``prefetch`` (the host-to-device copy in the producer
 thread) over random uint8 arrays of CIFAR-10's shape feed the fixed row with the shortest step, and
@@ -68,7 +68,7 @@ flags.DEFINE_string("arch", "naonet_ws", "The cell: a published name or string o
 SIZES = {"final": CellNetworkConfig(), "search": SEARCH_CONFIG}
 RECIPE = CnnTrainConfig()  # NAO_V1's optimiser settings; they do not change the step's cost
 STATS = CHANNEL_STATS["cifar10"]
-# The original code's images/s (train, eval) for (size, mode), per backend (docs/jax-notes.md).
+# The original code's images/s (train, eval) for (size, mode), per backend, measured on our machines.
 PYTORCH = {
     "cpu": {("final", "fixed"): (7.45, 24.6), ("search", "supernet"): (34.7, 98.0)},
     "gpu": {("final", "fixed"): (899.0, 4992.0), ("search", "supernet"): (1158.0, 4494.0)},

@@ -23,9 +23,10 @@ each op twice per cell (once per side). Reduction cells are kept as NAO_V1 has t
 shape, the two cell inputs (ops at stride 2) and the earlier nodes (stride 1), with a switch branch
 per (group, op). The cell output is NAO_V1's: the loose ends concatenated (a reduction cell's inputs
 factorised-reduced first) and mapped back to C channels by ReLU-1x1 conv-BN with the kernel rows of
-those states (``LooseEndCombine``; states that are not loose are skipped, not masked). Unlike the fixed network's, a supernet cell's output therefore
-always has C channels, and its op weights are the fixed network's with a leading copy axis. Its BN
-parameters and running statistics are per weight copy (NAO_V1 shares the running statistics).
+those states (``LooseEndCombine``; states that are not loose are skipped, not masked). Unlike the
+fixed network's, a supernet cell's output therefore always has C channels, and its op weights are the
+fixed network's with a leading copy axis. Its BN parameters and running statistics are per weight copy
+(NAO_V1 shares the running statistics).
 
 Drop path is NASNet's schedule: a branch of cell ``k`` (of ``K``) is kept with probability
 ``1 - progress * (k + 1) / K * (1 - drop_path_keep_prob)``, ``progress`` being the fraction of
