@@ -8,7 +8,9 @@ Table 1: forward and forward+backward (``jax.grad`` of a sum of squares) of sing
 (batch, 32, 32, 20) input, each form of ``models.cnn_ops`` (``conv(matmul=...)``,
 ``depthwise_conv(shifted=...)``, ``pool(shifted=...)``). Table 2: ``jax.grad`` of the training loss of
 the NAONet-WS cell at the search size (F=20, N=3) as ``CellNetwork`` and as ``Supernet``, runs
-interleaved so that other load hits both alike. Times are the fastest of ``--repeats``.
+interleaved so that other load hits both alike, and the MB that the compiled forward+backward copies
+inside its loop bodies (once per body; a scan's body runs once per step). Times are the fastest of
+``--repeats``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import optax
 from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hlo import loop_copies, megabytes  # noqa: E402
 
 from models.cnn import SEARCH_CONFIG, init_variables, make_cell_network, make_supernet  # noqa: E402
 from models.cnn_ops import conv, depthwise_conv, pool  # noqa: E402
@@ -86,7 +90,7 @@ def network_table(batch: int) -> None:
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(batch, 32, 32, 3)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 10, batch), jnp.int32)
-    calls = {}
+    calls, copies = {}, {}
     for name, model, args in (("fixed", make_cell_network(arch, config=SEARCH_CONFIG), ()),
                               ("supernet", make_supernet(config=SEARCH_CONFIG), (cell,))):
         variables = init_variables(model, jax.random.key(0), x, *args)
@@ -97,16 +101,19 @@ def network_table(batch: int) -> None:
                                          rngs={"dropout": jax.random.key(1), "droppath": jax.random.key(1)})
             return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
 
-        forward, grad = jax.jit(loss), jax.jit(jax.grad(loss))
+        forward = jax.jit(loss)
+        grad = jax.jit(jax.grad(loss)).lower(variables["params"]).compile()
+        copies[name] = megabytes(loop_copies(grad.as_text()))
         calls[name, "fwd"] = lambda f=forward, p=variables["params"]: f(p)
         calls[name, "grad"] = lambda g=grad, p=variables["params"]: g(p)
     t = fastest(calls)
-    print(f"\n| search network (F=20, N=3), batch {batch} | forward (train) ms | forward+backward ms |")
-    print("|---|---|---|")
+    print(f"\n| search network (F=20, N=3), batch {batch} | forward (train) ms | forward+backward ms | "
+          "forward+backward copies in loop bodies MB |")
+    print("|---|---|---|---|")
     for name in ("fixed", "supernet"):
-        print(f"| {name} | {t[name, 'fwd'] * 1e3:.0f} | {t[name, 'grad'] * 1e3:.0f} |")
+        print(f"| {name} | {t[name, 'fwd'] * 1e3:.0f} | {t[name, 'grad'] * 1e3:.0f} | {copies[name]:.1f} |")
     print(f"| supernet / fixed | {t['supernet', 'fwd'] / t['fixed', 'fwd']:.2f}x | "
-          f"{t['supernet', 'grad'] / t['fixed', 'grad']:.2f}x |")
+          f"{t['supernet', 'grad'] / t['fixed', 'grad']:.2f}x | |")
 
 
 def main(argv: list[str]) -> None:
