@@ -258,8 +258,9 @@ class SupernetCell(_Cell):
     The cell owns every op of every input group, its variables stacked over the group's weight copies
     (``weight_copies``) in a parameter named ``<op><suffix>``. A ``lax.scan`` over the nodes runs one
     ``lax.switch`` per side, so only the chosen ops are computed and XLA compiles each op twice per cell
-    rather than once per branch; each node's output is written once into an array of the cell's states
-    (in a normal cell the two inputs lead it, so a branch reads any state with one dynamic slice).
+    rather than once per branch; each node's output enters an array of the cell's states once, added
+    to its zero slot (in a normal cell the two inputs lead it, so a branch reads any state with one
+    dynamic slice).
     """
 
     @nn.compact
@@ -275,7 +276,7 @@ class SupernetCell(_Cell):
         keep = self.keep_prob(layer_id, progress)
 
         def node_step(carry, step):
-            # Both branches of a node, then its output written once: later nodes read only full sums.
+            # Both branches of a node, then its output stored once: later nodes read only full sums.
             node_outputs, stats = carry
             node, in_ids, op_ids, rngs = step
             y = 0.0
