@@ -18,10 +18,10 @@ every op with one weight set per candidate input; a cell stores each op's weight
 (``input_groups``, ``weight_copies``). A ``lax.scan`` over the cell's nodes picks each side's input
 state by dynamic indexing and runs its op through ``lax.switch``, so only the chosen op is computed
 (not every op then masked, which is what ran NAO-WS out of memory, reference §7.1) and XLA compiles
-each op twice per cell (once per side). Reduction cells are kept as NAO_V1 has them, not rewritten ENAS-style
-(reduce the inputs first, then run at stride 1): their candidate inputs form two groups of uniform
-shape, the two cell inputs (ops at stride 2) and the earlier nodes (stride 1), with a switch branch
-per (group, op). The cell output is NAO_V1's: the loose ends concatenated (a reduction cell's inputs
+each op twice per cell (once per side). Reduction cells are kept as NAO_V1 has them, not rewritten
+ENAS-style (reduce the inputs first, then run at stride 1): their candidate inputs form two groups of
+uniform shape, the two cell inputs (ops at stride 2) and the earlier nodes (stride 1), with a switch
+branch per (group, op). The cell output is NAO_V1's: the loose ends concatenated (a reduction cell's inputs
 factorised-reduced first) and mapped back to C channels by ReLU-1x1 conv-BN with the kernel rows of
 those states (``LooseEndCombine``; states that are not loose are skipped, not masked). Unlike the
 fixed network's, a supernet cell's output therefore always has C channels, and its op weights are the

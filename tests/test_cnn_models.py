@@ -330,6 +330,7 @@ def test_loose_end_combine_is_the_conv_of_the_masked_concatenation():
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(stats["batch_stats"]["BatchNorm_0"]["mean"],
                                expected_stats["batch_stats"]["BatchNorm_0"]["mean"], rtol=1e-5, atol=1e-6)
+
     def loss(variables):
         return jnp.sum(combine.apply(variables, states, loose, True, mutable=["batch_stats"])[0] ** 3)
 
