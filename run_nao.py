@@ -18,23 +18,23 @@ import time
 import jax
 from absl import app, flags
 
-from data.cifar import load_cifar, search_split
-from data.errors import DatasetError
-from data.nasbench import BenchmarkFileError
-from data.text import load_corpus
-from models.checkpoint import CheckpointError
-from models.cnn_supernet import CifarSupernet
-from models.cnn_supernet import supernet_config as cnn_supernet_config
-from models.cnn_train import CNN_PRESETS
-from models.lm_supernet import LmSupernet
-from models.lm_supernet import supernet_config as lm_supernet_config
-from models.lm_train import LM_PRESETS
-from models.parallel import initialize_multihost
-from models.training import TrainingDivergedError
 from nao.child_training import SPACE_DATASETS, checkpoint_space, child_preset, train_child, transfer_child
 from nao.controller import PRESETS
+from nao.data.cifar import load_cifar, search_split
+from nao.data.errors import DatasetError
+from nao.data.nasbench import BenchmarkFileError
+from nao.data.text import load_corpus
 from nao.experiment import ExperimentConfig, RunDirError, make_space_and_evaluator, run_experiment
 from nao.history import HistoryError
+from nao.models.checkpoint import CheckpointError
+from nao.models.cnn_train import CNN_PRESETS
+from nao.models.cnn_ws import CifarSupernet
+from nao.models.cnn_ws import supernet_config as cnn_supernet_config
+from nao.models.lm_train import LM_PRESETS
+from nao.models.lm_ws import LmSupernet
+from nao.models.lm_ws import supernet_config as lm_supernet_config
+from nao.models.parallel import initialize_multihost
+from nao.models.training import TrainingDivergedError
 from nao.search import SearchError
 from nao.spaces import SPACES, InvalidArchitectureError, get_space
 from nao.strategies import NAO_PRESETS, STRATEGIES

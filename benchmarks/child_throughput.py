@@ -8,7 +8,7 @@ Rows: the NAONet-WS cell (``naonet_ws``, 5 ops) at the final-training size ("fin
 head, drop path, dropout) and at the NAO-WS search size ("search": ``SEARCH_CONFIG``, F=20, N=3), each
 as a fixed network (``CellNetwork``: the cell compiled in) and as the supernet (``Supernet``: the cell
 a traced int array, so one compilation serves every cell). A train step is one pmapped SGD step on
-uint8 images (``models.cnn_train.make_train_step``, which takes the supernet's cell as an argument):
+uint8 images (``nao.models.cnn_train.make_train_step``, which takes the supernet's cell as an argument):
 augmentation, forward, backward, gradient clipping, weight decay, momentum, BatchNorm statistics. Eval
 is the forward pass (``make_eval_step``): with the running BatchNorm statistics for the fixed network,
 with batch statistics for the supernet (as NAO-WS scores cells). Times are the fastest of ``--steps``
@@ -42,17 +42,17 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.cifar import CHANNEL_STATS  # noqa: E402
-from data.image_input import epoch_batches, prefetch  # noqa: E402
-from models import parallel  # noqa: E402
-from models.cnn import (  # noqa: E402
+from nao.data.cifar import CHANNEL_STATS  # noqa: E402
+from nao.data.image_input import epoch_batches, prefetch  # noqa: E402
+from nao.models import parallel  # noqa: E402
+from nao.models.cnn import (  # noqa: E402
     SEARCH_CONFIG,
     CellNetworkConfig,
     init_variables,
     make_cell_network,
     make_supernet,
 )
-from models.cnn_train import CnnTrainConfig, make_eval_step, make_train_step, train_state  # noqa: E402
+from nao.models.cnn_train import CnnTrainConfig, make_eval_step, make_train_step, train_state  # noqa: E402
 from nao.spaces.cifar import CifarWsSpace  # noqa: E402
 
 FLAGS = flags.FLAGS

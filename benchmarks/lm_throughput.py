@@ -27,9 +27,9 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.text import load_corpus  # noqa: E402
-from models import parallel  # noqa: E402
-from models.lm_train import (  # noqa: E402
+from nao.data.text import load_corpus  # noqa: E402
+from nao.models import parallel  # noqa: E402
+from nao.models.lm_train import (  # noqa: E402
     LM_PRESETS,
     LmRun,
     init_params,
@@ -37,7 +37,7 @@ from models.lm_train import (  # noqa: E402
     make_train_step,
     train_lm,
 )
-from models.rnn import LmConfig, RecurrentLM, init_bank  # noqa: E402
+from nao.models.rnn import LmConfig, RecurrentLM, init_bank  # noqa: E402
 from nao.spaces.ptb import PtbSpace  # noqa: E402
 
 FLAGS = flags.FLAGS

@@ -20,8 +20,8 @@ import numpy as np
 from absl import app, flags
 from scipy.stats import kendalltau
 
-from data.nasbench import load_nb201_table
 from nao.controller import Controller, get_preset
+from nao.data.nasbench import load_nb201_table
 from nao.evaluators import Nb201TableEvaluator
 from nao.history import History
 from nao.search import best_so_far, search

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.errors import DatasetError
+from nao.data.errors import DatasetError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 SPLITS = ("train", "test")

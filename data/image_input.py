@@ -12,7 +12,7 @@ raw image with black instead).
 
 On the host, ``epoch_batches`` gives the batches of one epoch in an order fixed by
 (seed, epoch), so a resumed run re-creates epoch k exactly; ``prefetch`` produces them in
-a background thread (``models.parallel.shard`` then lays a global batch out for pmap).
+a background thread (``nao.models.parallel.shard`` then lays a global batch out for pmap).
 """
 
 from __future__ import annotations

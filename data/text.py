@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.errors import DatasetError
+from nao.data.errors import DatasetError
 
 EOS, UNK = "<eos>", "<unk>"
 SPLITS = ("train", "valid", "test")

@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.cnn_ops import (
+from nao.models.cnn_ops import (
     WS_OPS,
     BatchNorm,
     Conv,

@@ -36,11 +36,11 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from data.cifar import CHANNEL_STATS, cifar_class_names
-from data.image_input import augment, batches_per_epoch, epoch_batches, normalize, prefetch
-from models import parallel
-from models.checkpoint import CheckpointError, CheckpointStore
-from models.cnn import (
+from nao.data.cifar import CHANNEL_STATS, cifar_class_names
+from nao.data.image_input import augment, batches_per_epoch, epoch_batches, normalize, prefetch
+from nao.models import parallel
+from nao.models.checkpoint import CheckpointError, CheckpointStore
+from nao.models.cnn import (
     CellNetwork,
     CellNetworkConfig,
     Supernet,
@@ -48,9 +48,16 @@ from models.cnn import (
     make_cell_network,
     param_count,
 )
-from models.cnn_ops import synced_batch_norm
-from models.training import append_csv, check_batch, check_finite, device_multiple, duration, start_or_resume
-from nao.files import write_json
+from nao.models.cnn_ops import synced_batch_norm
+from nao.models.files import write_json
+from nao.models.training import (
+    append_csv,
+    check_batch,
+    check_finite,
+    device_multiple,
+    duration,
+    start_or_resume,
+)
 
 log = logging.getLogger("nao")
 

@@ -27,13 +27,22 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from data.text import Corpus, batchify, window_lengths, windows
-from models import parallel
-from models.checkpoint import CheckpointStore
-from models.rnn import LmConfig, RecurrentLM, bank_rows, gather_cell
-from models.training import TrainingDivergedError as TrainingDivergedError  # raised here; callers catch it
-from models.training import append_csv, check_batch, check_finite, device_multiple, duration, start_or_resume
-from nao.files import is_primary, write_json
+from nao.data.text import Corpus, batchify, window_lengths, windows
+from nao.models import parallel
+from nao.models.checkpoint import CheckpointStore
+from nao.models.files import is_primary, write_json
+from nao.models.rnn import LmConfig, RecurrentLM, bank_rows, gather_cell
+from nao.models.training import (
+    TrainingDivergedError as TrainingDivergedError,  # raised here; callers catch it
+)
+from nao.models.training import (
+    append_csv,
+    check_batch,
+    check_finite,
+    device_multiple,
+    duration,
+    start_or_resume,
+)
 
 log = logging.getLogger("nao")
 

@@ -7,7 +7,7 @@ because collectives over forced CPU devices can deadlock on 2-core machines;
 jax-notes.md.) On several hosts, ``initialize_multihost`` joins the processes
 first; every process reads the same global batches and ``shard`` hands each its
 devices' share, collectives span all devices of the job, and only process 0
-writes run files (``nao.files.is_primary``); the code is otherwise the same.
+writes run files (``nao.models.files.is_primary``); the code is otherwise the same.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ matrix per node (param ``cell``, (11, H, 2H)):
 * traced (a jit argument) it serves every cell with one compilation: the supernet. Its weights
   are a bank with one matrix per (node, predecessor, activation), as NAO-WS has; a step gathers
   the 11 matrices of its cell (``gather_cell``), runs the same module, and writes back only
-  those rows (``models.lm_train``), so a step costs what a fixed cell's step costs.
+  those rows (``nao.models.lm_train``), so a step costs what a fixed cell's step costs.
 
 Either way the cell output is the mean of s1..s11 (the original supernet averaged s0..s11
 while its final cell averaged s1..s11, reference §7.2.7; here search and final training agree).
@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nao.spaces.ptb import NUM_NODES
-
+NUM_NODES = 11  # nodes of NAO's recurrent cell; the PTB search space encodes the same cell
+ACTIVATIONS = ("tanh", "relu", "sigmoid", "identity")  # the activation ids of the cell array, in order
 _INIT_RANGE = 0.04  # DARTS/NAO recurrent weights: uniform(-0.04, 0.04)
 _EMBED_RANGE = 0.1
 # Weight-bank row of (node i = 1..11, predecessor p < i, activation a): 4 rows per predecessor.

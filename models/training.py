@@ -16,8 +16,8 @@ from typing import Any
 
 import jax
 
-from models.checkpoint import CheckpointStore
-from nao.files import is_primary
+from nao.models.checkpoint import CheckpointStore
+from nao.models.files import is_primary
 
 log = logging.getLogger("nao")
 

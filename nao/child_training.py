@@ -1,8 +1,8 @@
 """Train a given architecture from scratch, or transfer a trained one to another dataset.
 
 ``--mode=train`` and ``--mode=transfer`` of ``run_nao.py`` land here: recurrent cells (spaces ptb,
-ptb_ws) train as language models (``models.lm_train``), convolutional cells (cifar, cifar_ws) as
-CIFAR networks (``models.cnn_train``). A run directory holds ``checkpoints/`` (Orbax, every epoch),
+ptb_ws) train as language models (``nao.models.lm_train``), convolutional cells (cifar, cifar_ws) as
+CIFAR networks (``nao.models.cnn_train``). A run directory holds ``checkpoints/`` (Orbax, every epoch),
 ``metrics.csv`` (one row an epoch), ``metrics.json`` (best and final figures) and ``cell.png`` (the
 architecture drawn).
 """
@@ -17,14 +17,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from data.cifar import load_cifar
-from data.text import load_corpus
-from models.checkpoint import CheckpointError, CheckpointStore
-from models.cnn_train import CnnRun, CnnTrainConfig, build_model, get_cnn_preset, num_classes, train_cnn
-from models.cnn_train import transfer_variables as cnn_transfer_variables
-from models.lm_train import LmRun, LmTrainConfig, get_lm_preset, init_params, train_lm
-from models.rnn import RecurrentLM
-from nao.files import is_primary
+from nao.data.cifar import load_cifar
+from nao.data.text import load_corpus
+from nao.models.checkpoint import CheckpointError, CheckpointStore
+from nao.models.cnn_train import CnnRun, CnnTrainConfig, build_model, get_cnn_preset, num_classes, train_cnn
+from nao.models.cnn_train import transfer_variables as cnn_transfer_variables
+from nao.models.files import is_primary
+from nao.models.lm_train import LmRun, LmTrainConfig, get_lm_preset, init_params, train_lm
+from nao.models.rnn import RecurrentLM
 from nao.spaces import get_space
 
 log = logging.getLogger("nao")

@@ -28,12 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from data.nasbench import NB101_SAMPLE, load_nb201_table
 from nao.controller import ControllerConfig, get_preset
+from nao.data.nasbench import NB101_SAMPLE, load_nb201_table
 from nao.evaluators import Evaluator, Nb201TableEvaluator
 from nao.evaluators.nb101_table import nb101_table_space_and_evaluator
-from nao.files import write_json
 from nao.history import History
+from nao.models.files import write_json
 from nao.search import Progress, best_so_far, search
 from nao.spaces import SearchSpace, get_space
 from nao.strategies import NAO_PRESETS, STRATEGIES, NaoOptions, make_strategy

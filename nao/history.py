@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from nao.files import is_primary
+from nao.models.files import is_primary
 
 
 class HistoryError(ValueError):

@@ -35,13 +35,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from models.checkpoint import FORMAT_VERSION, CheckpointError, CheckpointStore, check_meta
+from nao.models.checkpoint import FORMAT_VERSION, CheckpointError, CheckpointStore, check_meta
 
 log = logging.getLogger("nao")
 
-ROOT = Path(__file__).resolve().parents[1]
-# Checkpoints shipped in the repository tree (not in the wheel): load_checkpoint(name) finds them.
-PRETRAINED = {name: ROOT / "checkpoints" / name for name in ("nb201_controller", "ptb_small")}
+# Checkpoints shipped as package data (nao/checkpoints/): load_checkpoint(name) finds them.
+PRETRAINED = {name: Path(__file__).resolve().parent / "checkpoints" / name
+              for name in ("nb201_controller", "ptb_small")}
 TARGET_WORDS = {"minmax": "min-max normalised to [0, 1]", "rank": "as ranks scaled to [0, 1]"}
 TABLE_SPACES = ("nb201", "nb101")
 
@@ -148,8 +148,8 @@ class CnnCheckpoint(Checkpoint):
     (the epoch with the best test accuracy), ``predict(uint8 NHWC images) -> logits``."""
 
     def _build(self) -> None:
-        from data.cifar import cifar_class_names
-        from models.cnn_train import CnnTrainConfig, build_model
+        from nao.data.cifar import cifar_class_names
+        from nao.models.cnn_train import CnnTrainConfig, build_model
 
         self.config = CnnTrainConfig(**self.meta["config"])
         self.arch = tuple(self.meta["arch"])
@@ -164,8 +164,8 @@ class CnnCheckpoint(Checkpoint):
 
     @functools.cached_property
     def _apply(self):
-        from data.cifar import CHANNEL_STATS
-        from data.image_input import normalize
+        from nao.data.cifar import CHANNEL_STATS
+        from nao.data.image_input import normalize
 
         mean, std = CHANNEL_STATS[self.dataset]
         model = self.model
@@ -198,8 +198,8 @@ class LmCheckpoint(Checkpoint):
     vocab.txt, checked against the checkpoint; None when that file is not there), ``arch``."""
 
     def _build(self) -> None:
-        from models.lm_train import LmTrainConfig, init_params
-        from models.rnn import RecurrentLM
+        from nao.models.lm_train import LmTrainConfig, init_params
+        from nao.models.rnn import RecurrentLM
 
         self.config = LmTrainConfig(**self.meta["config"])
         self.arch = tuple(int(v) for v in self.meta["arch"])
@@ -211,7 +211,7 @@ class LmCheckpoint(Checkpoint):
         self.vocab = self._read_vocab()
 
     def _read_vocab(self):
-        from data.text import Vocabulary
+        from nao.data.text import Vocabulary
 
         path = self.run_dir / "vocab.txt" if self.run_dir else None
         if path is None or not path.is_file():
@@ -225,7 +225,7 @@ class LmCheckpoint(Checkpoint):
 
     def encode(self, text: str) -> np.ndarray:
         """Token ids of ``text``: words split on white space, <eos> after each line, unknown words <unk>."""
-        from data.text import EOS
+        from nao.data.text import EOS
 
         if self.vocab is None:
             raise ValueError(f"no vocab.txt beside {self.path.parent}: the words of the embedding rows are "
@@ -237,9 +237,9 @@ class LmCheckpoint(Checkpoint):
                    ) -> float:
         """Perplexity on ``text`` (or token ids), evaluated as the trainer does: the stream cut into
         ``batch_size`` rows (the trainer's figures use ``config.eval_batch_size``; 1 keeps every token)."""
-        from models import parallel
-        from models.lm_train import evaluate, make_eval_step, perplexity
-        from models.training import device_multiple
+        from nao.models import parallel
+        from nao.models.lm_train import evaluate, make_eval_step, perplexity
+        from nao.models.training import device_multiple
 
         ids = self.encode(text_or_ids) if isinstance(text_or_ids, str) else np.asarray(text_or_ids, np.int32)
         if len(ids) < 2:
@@ -297,9 +297,8 @@ def resolve(path: str | Path) -> tuple[Path, int | None]:
     if not given.exists() and str(path) in PRETRAINED:
         given = PRETRAINED[str(path)]
         if not given.exists():
-            raise CheckpointError(f"no checkpoint at {given}: the shipped checkpoint {str(path)!r} lies in "
-                                  "the repository tree, which this installation lacks; expected an editable "
-                                  "install of a clone (pip install -e .), or pass the folder's path")
+            raise CheckpointError(f"no checkpoint at {given}: the shipped checkpoint {str(path)!r} is "
+                                  "missing from this installation; reinstall nao, or pass a path")
     if not given.exists():
         shipped = f", or a shipped name ({', '.join(PRETRAINED)})" if PRETRAINED else ""
         raise CheckpointError(f"no checkpoint at {given}: the path does not exist; expected a run directory, "
@@ -453,7 +452,7 @@ def _table(space_name: str, benchmark_file: str | None, valid_key: str | None, t
     from nao.spaces import get_space
 
     if space_name == "nb201":
-        from data.nasbench import load_nb201_table
+        from nao.data.nasbench import load_nb201_table
 
         table = load_nb201_table(benchmark_file, valid_key or "cifar10_valid_acc",
                                  test_key or "cifar10_test_acc")
@@ -486,7 +485,7 @@ def fit_table_controller(space_name: str, config, output_dir: str | Path, *, hol
     Kendall tau and top-k overlap on the held-out share; save ``<output_dir>/checkpoints/<epochs>``,
     ``metrics.json`` and ``MODEL_CARD.md``. Returns the metrics."""
     from nao.controller import Controller
-    from nao.files import write_json
+    from nao.models.files import write_json
     from nao.strategies.nao import TARGETS, normalize_targets
 
     if targets not in TARGETS:

@@ -11,7 +11,7 @@ One supernet holds the weights of every cell. The loop:
 
 The supernet is a parameter: anything with ``state`` (get/set), ``train_epoch(archs, epoch)``,
 ``score(archs)``, ``score_name`` and ``higher_is_better`` plugs in: the PTB language model
-(``models.lm_supernet``) and the CIFAR cell network (``models.cnn_supernet``). ``train_epoch`` returns
+(``nao.models.lm_ws``) and the CIFAR cell network (``nao.models.cnn_ws``). ``train_epoch`` returns
 its epoch's statistics, ``train_loss`` and ``seconds`` among them; a NaN or infinite loss stops the
 search with the last good checkpoint kept.
 
@@ -35,11 +35,11 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
-from models.checkpoint import CheckpointStore
-from models.training import append_csv, check_finite, duration
 from nao.controller import ControllerConfig
-from nao.files import is_primary, write_json
 from nao.history import History
+from nao.models.checkpoint import CheckpointStore
+from nao.models.files import is_primary, write_json
+from nao.models.training import append_csv, check_finite, duration
 from nao.spaces.base import SearchSpace
 from nao.strategies.base import Pool, sample_unseen
 from nao.strategies.nao import NaoOptions, NaoStrategy

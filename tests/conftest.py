@@ -15,8 +15,8 @@ import jax
 import numpy as np
 import pytest
 
-from data.nasbench import Nb201Table, load_nb201_table
 from nao.controller import ControllerConfig
+from nao.data.nasbench import Nb201Table, load_nb201_table
 from nao.evaluators import Nb201TableEvaluator
 from nao.spaces import NasBench201Space
 

@@ -3,7 +3,7 @@
 The readers run on files written here in the official layouts (Python 2 pickles as the
 official batches are, binary records) and on the shipped real fragments in
 tests/fixtures/cifar/ (see its README). Tests marked by ``SHARED`` also compare with the
-project's copy of the real files when /work/shared is present.
+project's copy of the real files when ../shared (beside the project root) is present.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from data.cifar import (
+from nao.data.cifar import (
     CHANNEL_STATS,
     CIFAR10_CLASSES,
     CIFAR100_CLASSES,
@@ -34,8 +34,8 @@ from data.cifar import (
     read_python_batch,
     search_split,
 )
-from data.errors import DatasetError
-from data.image_input import (
+from nao.data.errors import DatasetError
+from nao.data.image_input import (
     augment,
     batches_per_epoch,
     cutout,
@@ -45,10 +45,10 @@ from data.image_input import (
     random_crop,
     random_flip,
 )
-from models.parallel import shard
+from nao.models.parallel import shard
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "cifar"
-SHARED = Path("/work/shared/data/cifar10")
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"  # ../shared beside the project
 FIXTURE_COUNT = 16
 # First labels of the real batches: frog truck truck deer ... / cat ship ship airplane ... (the known order).
 REAL_TRAIN_LABELS = [6, 9, 9, 4, 1, 1, 2, 7, 8, 3, 4, 7, 7, 2, 9, 9]
@@ -583,5 +583,5 @@ def test_shard_lays_a_global_batch_out_for_the_devices():
 
 
 if __name__ == "__main__":
-    # Regenerate the shipped fixture: python tests/test_cifar_data.py /work/shared/data/cifar10
+    # Regenerate the shipped fixture: python tests/test_cifar_data.py ../shared/data/cifar10
     make_fixture(Path(sys.argv[1]), FIXTURES)

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models import cnn_ops
-from models.cnn import (
+from nao.models import cnn_ops
+from nao.models.cnn import (
     SEARCH_CONFIG,
     Cell,
     CellNetworkConfig,
@@ -28,7 +28,7 @@ from models.cnn import (
     param_count,
     weight_copies,
 )
-from models.cnn_ops import (
+from nao.models.cnn_ops import (
     FULL_OPS,
     OPS,
     WS_OPS,

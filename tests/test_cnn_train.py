@@ -21,9 +21,10 @@ import pytest
 from conftest import QUICK_XLA, write_cifar
 from flax import traverse_util
 
-from data.cifar import load_cifar
-from models.checkpoint import CheckpointError, CheckpointStore
-from models.cnn_train import (
+from nao.child_training import train_child, transfer_child
+from nao.data.cifar import load_cifar
+from nao.models.checkpoint import CheckpointError, CheckpointStore
+from nao.models.cnn_train import (
     CNN_PRESETS,
     HEADS,
     CnnRun,
@@ -33,8 +34,7 @@ from models.cnn_train import (
     train_state,
     transfer_variables,
 )
-from models.training import TrainingDivergedError
-from nao.child_training import train_child, transfer_child
+from nao.models.training import TrainingDivergedError
 from nao.spaces import get_space
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,10 +158,10 @@ def test_architecture_transfer_and_its_refusals(trained, cifar100, tmp_path):
 
 _DEVICES_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
-    from data.cifar import CHANNEL_STATS
-    from models import parallel
-    from models.cnn import CellNetworkConfig, make_cell_network
-    from models.cnn_train import CNN_PRESETS, initial_variables, make_train_step, train_state
+    from nao.data.cifar import CHANNEL_STATS
+    from nao.models import parallel
+    from nao.models.cnn import CellNetworkConfig, make_cell_network
+    from nao.models.cnn_train import CNN_PRESETS, initial_variables, make_train_step, train_state
     assert jax.local_device_count() == 2
     # One node per cell (quick to compile), no dropout or drop path: the update must not depend on the
     # split.
@@ -212,10 +212,10 @@ def test_one_and_two_devices_make_the_same_update():
 
 _SYNC_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
-    from data.cifar import CHANNEL_STATS
-    from models import parallel
-    from models.cnn import CellNetworkConfig, make_cell_network
-    from models.cnn_train import CNN_PRESETS, initial_variables, make_train_step, train_state
+    from nao.data.cifar import CHANNEL_STATS
+    from nao.models import parallel
+    from nao.models.cnn import CellNetworkConfig, make_cell_network
+    from nao.models.cnn_train import CNN_PRESETS, initial_variables, make_train_step, train_state
     assert jax.local_device_count() == 4
     config = CellNetworkConfig(channels=4, layers=1, nodes=1, keep_prob=1.0, drop_path_keep_prob=1.0,
                                use_aux_head=False)

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from conftest import QUICK_XLA, run_killed_then_resumed, write_cifar
 
-from data.cifar import load_cifar, search_split
-from models.cnn_supernet import CifarSupernet, supernet_config
-from models.training import TrainingDivergedError
 from nao.controller import PRESETS
+from nao.data.cifar import load_cifar, search_split
+from nao.models.cnn_ws import CifarSupernet, supernet_config
+from nao.models.training import TrainingDivergedError
 from nao.spaces import get_space
 from nao.ws_search import WsSearch, ws_options
 

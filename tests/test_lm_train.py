@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data.text import load_corpus
-from models.checkpoint import CheckpointError, CheckpointStore
-from models.lm_train import LM_PRESETS, LmRun, TrainingDivergedError, train_lm
 from nao.child_training import _transferred_params, train_child, transfer_child
+from nao.data.text import load_corpus
+from nao.models.checkpoint import CheckpointError, CheckpointStore
+from nao.models.lm_train import LM_PRESETS, LmRun, TrainingDivergedError, train_lm
 from nao.spaces.ptb import PtbSpace
 
 ROOT = Path(__file__).resolve().parents[1]

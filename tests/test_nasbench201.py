@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from data.nasbench import NB201_CIFAR10, NB201_SIZE, BenchmarkFileError, load_nb201_table
+from nao.data.nasbench import NB201_CIFAR10, NB201_SIZE, BenchmarkFileError, load_nb201_table
 from nao.spaces.base import InvalidArchitectureError
 from nao.spaces.nasbench201 import EDGES, OP_NAMES
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from data.nasbench import NB101_SAMPLE, BenchmarkFileError
+from nao.data.nasbench import NB101_SAMPLE, BenchmarkFileError
 from nao.evaluators.nb101_table import (
     Nb101TableEvaluator,
     NotInTableError,

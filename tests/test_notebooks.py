@@ -19,7 +19,7 @@ from conftest import write_cifar
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from models.checkpoint import CheckpointStore
+from nao.models.checkpoint import CheckpointStore
 from nao.spaces import get_space
 
 ROOT = Path(__file__).resolve().parents[1]

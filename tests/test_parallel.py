@@ -17,7 +17,7 @@ _WORKER = textwrap.dedent("""
     import sys
     import jax
     import numpy as np
-    from models import parallel
+    from nao.models import parallel
     parallel.initialize_multihost(sys.argv[1], 2, int(sys.argv[2]))
     assert jax.process_count() == 2 and jax.device_count() == 2 * jax.local_device_count()
     total = jax.pmap(lambda x: jax.lax.psum(x, parallel.AXIS), axis_name=parallel.AXIS)(

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from conftest import quick_xla, write_cifar
 
-from data.cifar import load_cifar
-from data.text import load_corpus
-from models.checkpoint import FORMAT_VERSION, CheckpointError
-from models.cnn_train import CNN_PRESETS
-from models.lm_train import LM_PRESETS
 from nao import load_checkpoint
 from nao.child_training import train_child
+from nao.data.cifar import load_cifar
+from nao.data.text import load_corpus
+from nao.models.checkpoint import FORMAT_VERSION, CheckpointError
+from nao.models.cnn_train import CNN_PRESETS
+from nao.models.lm_train import LM_PRESETS
 from nao.pretrained import (
     PRETRAINED,
     CnnCheckpoint,
@@ -257,8 +257,8 @@ def test_cifar_network_round_trip(cnn_run):
 
 
 def test_weight_sharing_search_round_trip(ptb_dir, tmp_path):
-    from models.lm_supernet import LmSupernet, supernet_config
     from nao.controller import PRESETS
+    from nao.models.lm_ws import LmSupernet, supernet_config
     from nao.spaces import get_space
     from nao.ws_search import WsSearch, ws_options
 

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models import lm_train, parallel
-from models.lm_train import lm_loss, make_eval_step, make_supernet_step
-from models.rnn import _BANK_OFFSET, BANK_ROWS, LmConfig, RecurrentLM, init_bank, static_arch
+from nao.models import lm_train, parallel
+from nao.models.lm_train import lm_loss, make_eval_step, make_supernet_step
+from nao.models.rnn import _BANK_OFFSET, BANK_ROWS, LmConfig, RecurrentLM, init_bank, static_arch
 from nao.spaces.ptb import ACTIVATIONS, PtbSpace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,9 +171,9 @@ def test_tied_sizes_and_dropouts_are_checked():
 
 _DEVICES_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
-    from models import parallel
-    from models.lm_train import make_train_step, init_params
-    from models.rnn import LmConfig, RecurrentLM
+    from nao.models import parallel
+    from nao.models.lm_train import make_train_step, init_params
+    from nao.models.rnn import LmConfig, RecurrentLM
     from nao.spaces.ptb import PtbSpace
     assert jax.local_device_count() == 4
     model = RecurrentLM(LmConfig(vocab_size=50, emb_size=8, hidden_size=8, dropout=0.0, dropout_h=0.0,

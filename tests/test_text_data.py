@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data.errors import DatasetError
-from data.text import EOS, UNK, batchify, find_files, load_corpus, window_lengths, windows
+from nao.data.errors import DatasetError
+from nao.data.text import EOS, UNK, batchify, find_files, load_corpus, window_lengths, windows
 
 SHARED_PTB = Path(__file__).resolve().parents[2] / "shared" / "data" / "ptb"
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from conftest import run_killed_then_resumed
 
-from data.text import load_corpus
-from models.lm_supernet import LmSupernet, supernet_config
 from nao.controller import PRESETS
+from nao.data.text import load_corpus
+from nao.models.lm_ws import LmSupernet, supernet_config
 from nao.spaces import get_space
 from nao.ws_search import WsSearch, ws_options
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.nasbench import NB101_SAMPLE, BenchmarkFileError, pick_metrics, read_npz
+from nao.data.nasbench import NB101_SAMPLE, BenchmarkFileError, pick_metrics, read_npz
 from nao.evaluators.base import Evaluation, Evaluator
 from nao.spaces.base import InvalidArchitectureError
 from nao.spaces.nasbench101 import NasBench101Space, Nb101Arch

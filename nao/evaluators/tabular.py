@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 
-from data.nasbench import Nb201Table
+from nao.data.nasbench import Nb201Table
 from nao.evaluators.base import Evaluation, Evaluator
 
 

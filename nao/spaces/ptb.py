@@ -17,10 +17,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from nao.models.rnn import ACTIVATIONS, NUM_NODES
 from nao.spaces.base import InvalidArchitectureError, SearchSpace
 
-ACTIVATIONS = ("tanh", "relu", "sigmoid", "identity")
-NUM_NODES = 11
 _NODE_TOKEN0 = 1  # predecessor p is token p + 1 (1..11)
 _ACT_TOKEN0 = NUM_NODES + 1  # activation a is token a + 12 (12..15)
 

@@ -4,14 +4,14 @@ Reference §4.3 (NAO_V1 ``train_search.py``): 3 normal cells per stage, 20 chann
 ops of the ``cifar_ws`` space, batch 64, SGD with momentum 0.9, a cosine learning rate from 0.025 to
 0.001 over 150 epochs, weight decay 3e-4, gradient clipped to norm 5, drop-path keep 0.9, no final
 dropout, no auxiliary head, no cutout. The weights train on the first 45000 CIFAR-10 training
-images; cells are scored on the last 5000 (``data.cifar.search_split``).
+images; cells are scored on the last 5000 (``nao.data.cifar.search_split``).
 
 A cell's score is its accuracy (%) with the shared weights, BatchNorm normalising with batch
 statistics (as NAO-WS does). The original scored every cell on a different random batch of 500, so
 scores carried the batches' noise; here every cell is scored on the same ``score_batches`` batches
 (one of 500 by default, 0 = the whole validation split), so scores are comparable.
 
-Training and scoring are the final trainer's pmapped steps (``models.cnn_train``) with the cell as an
+Training and scoring are the final trainer's pmapped steps (``nao.models.cnn_train``) with the cell as an
 argument: one compilation serves every cell.
 """
 
@@ -25,13 +25,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from data.cifar import CHANNEL_STATS, Pair
-from data.image_input import batches_per_epoch, epoch_batches, prefetch
-from models import parallel
-from models.cnn import init_variables, make_supernet
-from models.cnn_ops import WS_OPS
-from models.cnn_train import CnnTrainConfig, make_eval_step, make_train_step, num_classes, train_state
-from models.training import check_batch, device_multiple
+from nao.data.cifar import CHANNEL_STATS, Pair
+from nao.data.image_input import batches_per_epoch, epoch_batches, prefetch
+from nao.models import parallel
+from nao.models.cnn import init_variables, make_supernet
+from nao.models.cnn_ops import WS_OPS
+from nao.models.cnn_train import CnnTrainConfig, make_eval_step, make_train_step, num_classes, train_state
+from nao.models.training import check_batch, device_multiple
 
 SUPERNET_PRESETS: dict[str, CnnTrainConfig] = {
     "paper": CnnTrainConfig(channels=20, layers=3, keep_prob=1.0, drop_path_keep_prob=0.9, use_aux_head=False,

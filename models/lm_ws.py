@@ -19,9 +19,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from data.text import Corpus, batchify, windows
-from models import parallel
-from models.lm_train import (
+from nao.data.text import Corpus, batchify, windows
+from nao.models import parallel
+from nao.models.lm_train import (
     LmTrainConfig,
     evaluate,
     init_params,
@@ -29,8 +29,7 @@ from models.lm_train import (
     make_supernet_step,
     perplexity,
 )
-from models.rnn import RecurrentLM, init_bank
-from nao.spaces.ptb import NUM_NODES
+from nao.models.rnn import NUM_NODES, RecurrentLM, init_bank
 
 log = logging.getLogger("nao")
 
