@@ -60,6 +60,7 @@ class Corpus:
     train: np.ndarray
     valid: np.ndarray
     test: np.ndarray
+    files: dict[str, str] = dataclasses.field(default_factory=dict)  # split -> the file it was read from
 
 
 def _read_words(path: Path) -> list[str]:
@@ -105,14 +106,17 @@ def load_corpus(dataset: str, data_dir: str | os.PathLike) -> Corpus:
     if UNK not in vocab_words:
         vocab_words.append(UNK)
     vocab = Vocabulary(tuple(vocab_words))
-    return Corpus(dataset, vocab, *(vocab.encode(words[s]) for s in SPLITS))
+    return Corpus(dataset, vocab, *(vocab.encode(words[s]) for s in SPLITS),
+                  files={s: str(p) for s, p in files.items()})
 
 
-def batchify(ids: np.ndarray, batch_size: int) -> np.ndarray:
-    """(batch_size, T): ``batch_size`` contiguous streams; the remainder that does not fit is dropped."""
+def batchify(ids: np.ndarray, batch_size: int, source: str = "the token stream") -> np.ndarray:
+    """(batch_size, T): ``batch_size`` contiguous streams; the remainder that does not fit is dropped.
+    ``source`` (the file the ids came from) names the culprit when they are too few."""
     steps = len(ids) // batch_size
     if steps < 2:
-        raise DatasetError(f"{len(ids)} tokens cannot feed {batch_size} streams: lower the batch size")
+        raise DatasetError(f"{source} holds {len(ids)} tokens, too few for {batch_size} streams of 2 or "
+                           "more: use the whole token file, or lower the batch size")
     return ids[:steps * batch_size].reshape(batch_size, steps)
 
 

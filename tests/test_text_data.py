@@ -66,8 +66,13 @@ def test_batchify_makes_contiguous_streams():
     streams = batchify(np.arange(103), 4)
     assert streams.shape == (4, 25)
     np.testing.assert_array_equal(streams[1], np.arange(25, 50))
-    with pytest.raises(DatasetError, match="lower the batch size"):
-        batchify(np.arange(5), 4)
+    with pytest.raises(DatasetError, match="^DIR/train.txt holds 5 tokens, .* lower the batch size$"):
+        batchify(np.arange(5), 4, source="DIR/train.txt")
+
+
+def test_corpus_remembers_its_files(ptb_dir):
+    corpus = load_corpus("ptb", ptb_dir)
+    assert corpus.files == {s: str(ptb_dir / f"{s}.txt") for s in ("train", "valid", "test")}
 
 
 def test_windows_cover_the_stream_once_with_next_word_targets():
