@@ -124,6 +124,8 @@ def test_shipped_language_model_loads_and_predicts():
     assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) < 5_000_000
     lm = load_checkpoint("ptb_small", expect_kind="lm", expect_space="ptb", expect_dataset="ptb")
     assert isinstance(lm, LmCheckpoint) and len(lm.vocab) == lm.meta["vocab_size"] == 10_000
+    # A config field this version no longer has is ignored (docs/checkpoints.md's format policy).
+    assert "log_every" in lm.meta["config"] and lm.config.hidden_size == 32
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["valid_ppl"] == pytest.approx(metrics["best_valid_ppl"], rel=1e-3)
     assert metrics["test_ppl"] < 300
