@@ -34,7 +34,7 @@ from nao.models.lm_train import LM_PRESETS
 from nao.models.lm_ws import LmSupernet
 from nao.models.lm_ws import supernet_config as lm_supernet_config
 from nao.models.parallel import initialize_multihost
-from nao.models.training import TrainingDivergedError
+from nao.models.training import TrainingDivergedError, result_line
 from nao.search import SearchError
 from nao.spaces import SPACES, InvalidArchitectureError, get_space
 from nao.strategies import NAO_PRESETS, STRATEGIES
@@ -169,7 +169,7 @@ def fit_controller() -> int:
     """--mode=fit_controller: the --preset controller (with overrides) fitted on a whole table."""
     import shlex
 
-    from nao.pretrained import fit_table_controller
+    from nao.fit_controller import fit_table_controller
 
     if FLAGS.preset not in PRESETS:
         raise ValueError(f"unknown --preset={FLAGS.preset}: choose one of {', '.join(PRESETS)}")
@@ -226,13 +226,7 @@ def train_or_transfer() -> int:
         metrics = transfer_child(FLAGS.from_checkpoint, FLAGS.dataset, FLAGS.data_dir, child, output_dir,
                                  kind=FLAGS.transfer, fine_tune=FLAGS.finetune, resume=FLAGS.resume,
                                  flags=flag_values)
-    if "test_acc" in metrics:
-        print(f"test accuracy {metrics['test_acc']:.2f}% after the last epoch, best "
-              f"{metrics['best_test_acc']:.2f}% (epoch {metrics['best_epoch']}) (metrics, checkpoints and "
-              f"cell.png in {output_dir})")
-    else:
-        print(f"best valid ppl {metrics['valid_ppl']:.2f}, test ppl {metrics['test_ppl']:.2f} "
-              f"(metrics, checkpoints and cell.png in {output_dir})")
+    print(f"{result_line(metrics)} (metrics, checkpoints and cell.png in {output_dir})")
     return 0
 
 

@@ -31,13 +31,13 @@ from nao.data.text import load_corpus  # noqa: E402
 from nao.models import parallel  # noqa: E402
 from nao.models.lm_train import (  # noqa: E402
     LM_PRESETS,
-    LmRun,
+    LmTask,
     init_params,
     make_supernet_step,
     make_train_step,
-    train_lm,
 )
 from nao.models.rnn import LmConfig, RecurrentLM, init_bank  # noqa: E402
+from nao.models.training import train  # noqa: E402
 from nao.spaces.ptb import PtbSpace  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -118,7 +118,7 @@ def real_ptb_run() -> None:
     arch = PtbSpace().from_string("naonet")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
-        metrics = train_lm(config, LmRun(arch, corpus, Path(out), {"space": "ptb"}))
+        metrics = train(LmTask(config, arch, corpus), Path(out), meta={"space": "ptb"}).metrics
     total = time.perf_counter() - start
     print(f"\nNAONet cell, 'cpu' preset ({config.hidden_size} units, batch {config.batch_size}) on real PTB:")
     print("| epoch | minutes | train ppl | valid ppl | tokens/s |")

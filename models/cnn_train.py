@@ -1,12 +1,17 @@
 """Final training of CIFAR cell networks (NAONet recipes), data-parallel over the local devices.
 
-The recipe is NAO_V1's ``train_cifar.py`` (reference §5.2): SGD with momentum 0.9, a cosine learning
-rate from 0.025 to 0 stepped once an epoch (PyTorch's ``CosineAnnealingLR`` as NAO_V1 drives it),
-cross-entropy plus 0.4 x the auxiliary head's, the gradient clipped to global norm 5, then L2 weight
-decay 3e-4 added to it as PyTorch's ``SGD(weight_decay=...)`` does: on every parameter, BatchNorm
-scales and biases included. Augmentation (crop after 4-pixel padding, flip, cutout 16,
+The recipe is NAO_V1's ``train_cifar.py`` (Luo et al., 2018, NAO): SGD with momentum 0.9, a cosine
+learning rate from 0.025 to 0 stepped once an epoch (PyTorch's ``CosineAnnealingLR`` as NAO_V1 drives
+it), cross-entropy plus 0.4 x the auxiliary head's, the gradient clipped to global norm 5, then L2
+weight decay 3e-4 added to it as PyTorch's ``SGD(weight_decay=...)`` does: on every parameter,
+BatchNorm scales and biases included. Augmentation (crop after 4-pixel padding, flip, cutout 16,
 normalisation) runs inside the jitted step; drop path follows ``progress = step / total steps``
-(NAO_V1's ``(global_step + 1) / steps``). The test set is scored after every epoch.
+(NAO_V1's ``(global_step + 1) / steps``).
+
+``CnnTask`` is this family's part of ``nao.models.training.train``: with a validation split
+(``CnnTrainConfig.valid_images``) the best epoch on it is the result; without one (the paper's
+recipe) the last epoch is, and the test set is scored after every epoch as NAO_V1 does, for the
+report only.
 
 Steps are pmapped over the ``batch`` axis: gradients are averaged across devices before clipping.
 BatchNorm normalises each device's share of the batch with that share's statistics (as NAO_V1's
@@ -21,11 +26,10 @@ progress and step number as arguments; evaluation pads its last batch and masks 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-import logging
 import math
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,39 +38,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import traverse_util
 
-from nao.data.cifar import CHANNEL_STATS, cifar_class_names
+from nao.data.cifar import CHANNEL_STATS, Pair, cifar_class_names, load_cifar, search_split
 from nao.data.image_input import augment, batches_per_epoch, epoch_batches, normalize, prefetch
 from nao.models import parallel
-from nao.models.checkpoint import CheckpointError, CheckpointStore
-from nao.models.cnn import (
-    CellNetwork,
-    CellNetworkConfig,
-    Supernet,
-    init_variables,
-    make_cell_network,
-    param_count,
-)
+from nao.models.cnn import CellNetwork, CellNetworkConfig, Supernet, init_variables, make_cell_network
 from nao.models.cnn_ops import synced_batch_norm
-from nao.models.files import write_json
-from nao.models.training import (
-    append_csv,
-    check_batch,
-    check_finite,
-    device_multiple,
-    duration,
-    start_or_resume,
-)
-
-log = logging.getLogger("nao")
-
-Pair = tuple[np.ndarray, np.ndarray]  # (uint8 NHWC images, int labels)
+from nao.models.training import Selection, Step, config_from_meta, device_multiple, timed
 
 
 @dataclasses.dataclass(frozen=True)
 class CnnTrainConfig:
-    """Network sizes and the optimisation recipe; the defaults are NAO_V1's NAONet-36 CIFAR-10 training."""
+    """Network sizes, the optimisation recipe and the data split; the defaults are NAO_V1's NAONet-36
+    CIFAR-10 training.
+
+    ``valid_images``: the last this many training images are held out as a validation split
+    (``nao.data.cifar.search_split``), and the epoch with the best validation accuracy is the
+    result. 0, the default, keeps NAO_V1's final recipe: it trains on all 50,000 images, so nothing is
+    selected (the last epoch is the result) and the test set is only reported. A search that trains
+    candidates for real sets it (NAO-WS holds out 5,000).
+    """
 
     channels: int = 36  # F
     layers: int = 6  # N normal cells per stage
@@ -75,7 +66,6 @@ class CnnTrainConfig:
     use_aux_head: bool = True
     aux_weight: float = 0.4
     batch_size: int = 128  # global, over all devices
-    eval_batch_size: int = 500
     epochs: int = 600
     lr: float = 0.025
     lr_min: float = 0.0
@@ -87,7 +77,8 @@ class CnnTrainConfig:
     flip: bool = True
     cutout_size: int = 16  # 0: no cutout
     max_steps: int = 0  # > 0: stop after this many steps in all (benchmarks, smoke runs)
-    log_every: int = 100  # steps between log lines
+    eval_batch_size: int = 500
+    valid_images: int = 0  # held out of the training images to select the result epoch on
     seed: int = 0
 
     def model_config(self, num_classes: int, ops: Sequence[str]) -> CellNetworkConfig:
@@ -101,23 +92,17 @@ class CnnTrainConfig:
 
 
 CNN_PRESETS: dict[str, CnnTrainConfig] = {
-    # Reference §5.2: NAO_V1 train_cifar.py's defaults with its NAONet scripts' --use_aux_head
-    # --cutout_size=16 (NAONet-A-36 2.48%, NAONet-B-36 2.93% test error); a GPU job.
+    # NAO_V1's train_cifar.py defaults with its NAONet scripts' --use_aux_head --cutout_size=16
+    # (NAONet-A-36 2.48%, NAONet-B-36 2.93% test error in NAO_V1's README); a GPU job.
     "paper": CnnTrainConfig(),
-    # Reference §5.1: TF NAO's train_cifar100_final.sh differs from its CIFAR-10 script only in drop-path
-    # keep 0.6 and FC keep 0.8 (NAO_V1 ships no CIFAR-100 script); the rest is the "paper" recipe.
+    # TF NAO's cnn/train_cifar100_final.sh differs from its CIFAR-10 script only in drop-path keep 0.6 and
+    # FC keep 0.8 (NAO_V1 ships no CIFAR-100 script); the rest is the "paper" recipe.
     "paper_cifar100": CnnTrainConfig(keep_prob=0.8, drop_path_keep_prob=0.6),
     # A net a 2-core laptop trains in minutes an epoch (F=8, N=1: 5 cells instead of 20).
-    "cpu": CnnTrainConfig(channels=8, layers=1, batch_size=32, epochs=10, log_every=200),
+    "cpu": CnnTrainConfig(channels=8, layers=1, batch_size=32, epochs=10),
     # Tiny, for tests.
-    "smoke": CnnTrainConfig(channels=4, layers=1, batch_size=8, eval_batch_size=16, epochs=2, log_every=4),
+    "smoke": CnnTrainConfig(channels=4, layers=1, batch_size=8, eval_batch_size=16, epochs=2),
 }
-
-
-def get_cnn_preset(name: str) -> CnnTrainConfig:
-    if name not in CNN_PRESETS:
-        raise ValueError(f"unknown CIFAR training preset {name!r}: choose one of {', '.join(CNN_PRESETS)}")
-    return CNN_PRESETS[name]
 
 
 def num_classes(dataset: str) -> int:
@@ -229,22 +214,10 @@ def evaluate(eval_step: Callable, variables, images: np.ndarray, labels: np.ndar
     return 100.0 * float(correct) / len(images), float(ce) / len(images)
 
 
+
+
 # ---------------------------------------------------------------------------------------------
 # Final training
-
-
-@dataclasses.dataclass
-class CnnRun:
-    """What a training run needs besides the config: the cell, the data, where to write."""
-
-    arch: tuple[int, ...]  # 40 ints: normal cell, then reduction cell
-    ops: tuple[str, ...]  # the space's op names, indexed by the arch's op ids
-    dataset: str  # cifar10 or cifar100: the class count and the normalisation
-    train: Pair
-    test: Pair
-    output_dir: Path
-    meta: dict[str, Any]  # written into every checkpoint (space, arch string, flags...)
-    init_variables: Any = None  # transfer: start from these instead of a fresh initialisation
 
 
 def build_model(config: CnnTrainConfig, arch: Sequence[int], ops: Sequence[str], classes: int) -> CellNetwork:
@@ -265,163 +238,119 @@ def train_state(variables: dict, config: CnnTrainConfig) -> dict:
             "opt_state": jax.tree.map(np.asarray, opt_state)}
 
 
-# The layers whose shapes follow the class count: the classifier and the auxiliary head's last layer.
-HEADS = (("classifier",), ("aux_head", "Dense_0"))
+@dataclasses.dataclass(frozen=True)
+class CnnData:
+    """A CIFAR dataset's splits: (uint8 NHWC images, int labels) each; ``valid`` None without one."""
+
+    train: Pair
+    valid: Pair | None
+    test: Pair
 
 
-def transfer_variables(store: CheckpointStore, model: CellNetwork, seed: int) -> dict:
-    """``model``'s starting point for a weight transfer: the final weights and BatchNorm statistics of
-    the CIFAR training checkpoint in ``store`` (the same architecture and sizes), with the ``HEADS``
-    (and anything else the checkpoint lacks) drawn afresh for ``model``'s classes."""
-    meta = store.read_meta()
-    config = CnnTrainConfig(**meta["config"])
-    source_model = build_model(config, meta["arch"], meta["ops"], meta["num_classes"])
-    like = initial_variables(source_model, config.seed)
-    state, _ = store.restore({**train_state(like, config), "best": like})
-    fresh = initial_variables(model, seed)
-    out = {}
-    for collection in ("params", "batch_stats"):
-        source = traverse_util.flatten_dict(state[collection])
-        merged = {}
-        for path, value in traverse_util.flatten_dict(fresh[collection]).items():
-            if path in source and not any(path[:len(head)] == head for head in HEADS):
-                if source[path].shape != value.shape:
-                    raise CheckpointError(f"{store.directory}: {'/'.join(path)} is {source[path].shape} "
-                                          f"there, {value.shape} here: a weight transfer keeps the sizes")
-                value = source[path]
-            merged[path] = value
-        out[collection] = traverse_util.unflatten_dict(merged)
-    return out
+class CnnTask:
+    """A fixed cell network trained on CIFAR (``nao.models.training.Task``)."""
 
+    kind, unit, datasets = "cnn", "images", ("cifar10", "cifar100")
+    config_type, presets = CnnTrainConfig, CNN_PRESETS
+    sizes = ("channels", "layers")  # F and N: a weight transfer keeps them
+    # The layers whose shapes follow the class count: the classifier and the auxiliary head's last layer.
+    renewed = (("params", "classifier"), ("params", "aux_head", "Dense_0"))
 
-def train_cnn(config: CnnTrainConfig, run: CnnRun, resume: bool = False) -> dict[str, Any]:
-    """Train the fixed network ``run.arch``; checkpoints every epoch; returns the final metrics."""
-    out = run.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    devices = check_batch(config.batch_size)
-    classes = num_classes(run.dataset)
-    model = build_model(config, run.arch, run.ops, classes)
-    channel_stats = CHANNEL_STATS[run.dataset]
-    train_step = make_train_step(model, channel_stats, aux_weight=config.aux_weight, clip=config.clip,
-                                 weight_decay=config.weight_decay, momentum=config.momentum,
-                                 crop_padding=config.crop_padding, flip=config.flip,
-                                 cutout_size=config.cutout_size, sync_bn=config.sync_bn)
-    eval_step = make_eval_step(model, channel_stats)
-    variables = initial_variables(model, config.seed) if run.init_variables is None else run.init_variables
-    meta = {**run.meta, "kind": "cnn", "arch": [int(v) for v in run.arch], "ops": list(run.ops),
-            "dataset": run.dataset, "num_classes": classes, "config": dataclasses.asdict(config)}
-    store = CheckpointStore(out / "checkpoints")
-    expect = {"arch": meta["arch"], "ops": meta["ops"], "dataset": run.dataset}
-    variables = jax.tree.map(np.asarray, variables)
-    state, saved = start_or_resume(store, {**train_state(variables, config), "best": variables}, expect,
-                                   resume, out)
-    progress = saved or {"epoch": 0, "step": 0, "best_test_acc": None, "best_epoch": None, "history": []}
-    best = state.pop("best")
-    replicated = parallel.replicate(state)
-    images, labels = run.train
-    steps_per_epoch = batches_per_epoch(len(images), config.batch_size)
-    total_steps = steps_per_epoch * config.epochs  # the drop-path schedule's length
-    step_limit = min(config.max_steps or total_steps, total_steps)
-    eval_batch = device_multiple(config.eval_batch_size)
-    rng = jax.random.key(config.seed)
-    log.info("%s: %d parameters, %d steps of %d images per epoch on %d device(s)", out,
-             param_count(state["params"]), steps_per_epoch, config.batch_size, devices)
-    start_time, start_step = time.perf_counter(), progress["step"]
-    while progress["epoch"] < config.epochs and progress["step"] < step_limit:
-        epoch = progress["epoch"] + 1
-        lr = np.float32(config.lr_at(epoch))
+    def __init__(self, config: CnnTrainConfig, arch: Sequence[int], ops: Sequence[str], dataset: str,
+                 data: CnnData) -> None:
+        """``arch``: 40 ints, the normal cell then the reduction cell, whose op ids index ``ops``."""
+        if (data.valid is None) != (config.valid_images == 0):
+            held = 0 if data.valid is None else len(data.valid[0])
+            raise ValueError(f"the data hold {held} validation images but valid_images="
+                             f"{config.valid_images}: load the data with CnnTask.load_data(..., config)")
+        self.config, self.dataset, self.data = config, dataset, data
+        self.arch, self.ops = tuple(int(v) for v in arch), tuple(ops)
+        self.classes = num_classes(dataset)
+        self.model = build_model(config, self.arch, self.ops, self.classes)
+        self.channel_stats = CHANNEL_STATS[dataset]
+        self.train_step = make_train_step(
+            self.model, self.channel_stats, aux_weight=config.aux_weight, clip=config.clip,
+            weight_decay=config.weight_decay, momentum=config.momentum, crop_padding=config.crop_padding,
+            flip=config.flip, cutout_size=config.cutout_size, sync_bn=config.sync_bn)
+        self.eval_step = make_eval_step(self.model, self.channel_stats)
+        self.start_weights: dict | None = None  # {params, batch_stats}
+        self.selection = None if data.valid is None else Selection("valid", "acc", higher_is_better=True)
+        self.epoch_splits = ("test",) if data.valid is None else ("valid",)
+        self.final_splits = ("test",) if data.valid is None else ("valid", "test")
+        self.steps_per_epoch = batches_per_epoch(len(data.train[0]), config.batch_size)
+        self.total_steps = self.steps_per_epoch * config.epochs  # the drop-path schedule's length
+
+    @classmethod
+    def for_space(cls, space: Any, arch: Sequence[int], dataset: str, data: CnnData, config: CnnTrainConfig
+                  ) -> CnnTask:
+        """The task of ``arch``, a cell of ``space`` (its ``ops`` name the arch's op ids)."""
+        return cls(config, arch, space.ops, dataset, data)
+
+    @staticmethod
+    def load_data(dataset: str, data_dir: str | None, config: CnnTrainConfig) -> CnnData:
+        """``dataset``'s train and test sets (``data_dir`` None: the tensorflow-datasets folder), the last
+        ``config.valid_images`` training images held out as the validation split."""
+        images, labels = load_cifar(dataset, data_dir, "train")
+        train, valid = (images, labels), None
+        if config.valid_images:
+            train, valid = search_split(images, labels, config.valid_images)
+        return CnnData(train, valid, load_cifar(dataset, data_dir, "test"))
+
+    @staticmethod
+    def rebuild(meta: dict[str, Any]) -> tuple[CellNetwork, CnnTrainConfig]:
+        config = config_from_meta(CnnTrainConfig, meta["config"])
+        return build_model(config, meta["arch"], meta["ops"], meta["num_classes"]), config
+
+    @staticmethod
+    def init_weights(model: CellNetwork, arch: Sequence[int], seed: int) -> dict:
+        return initial_variables(model, seed)
+
+    train_state = staticmethod(train_state)
+
+    def meta(self) -> dict[str, Any]:
+        return {"arch": list(self.arch), "ops": list(self.ops), "dataset": self.dataset,
+                "num_classes": self.classes}
+
+    def write_run_files(self, output_dir: Path) -> None:
+        return None
+
+    def initial_state(self) -> dict[str, Any]:
+        start = self.start_weights
+        start = initial_variables(self.model, self.config.seed) if start is None else start
+        return train_state(jax.tree.map(np.asarray, start), self.config)
+
+    def initial_progress(self) -> dict[str, Any]:
+        return {}
+
+    def weights(self, state: Any, progress: dict[str, Any]) -> dict:
+        return {"params": state["params"], "batch_stats": state["batch_stats"]}
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        return self.steps_per_epoch
+
+    def train_epoch(self, state: Any, epoch: int, step: int, progress: dict[str, Any]) -> Iterator[Step]:
+        config = self.config
+        lr, rng, batch = np.float32(config.lr_at(epoch)), jax.random.key(config.seed), config.batch_size
+        devices = jax.local_device_count()
         # The batches depend only on (seed, epoch): a resumed run sees what an uninterrupted one does.
-        batches = prefetch(parallel.shard_to_devices(batch, devices) for batch in
-                           epoch_batches(images, labels, config.batch_size, config.seed, epoch))
-        epoch_start, meter = time.perf_counter(), _Meter(config.batch_size)
-        try:
-            while progress["step"] < step_limit:
-                waiting = time.perf_counter()
-                batch = next(batches, None)
-                waited = time.perf_counter() - waiting
-                if batch is None:
-                    break
-                progress["step"] += 1
-                replicated, metrics = train_step(replicated, *batch, lr,
-                                                 np.float32(progress["step"] / total_steps),
-                                                 np.int32(progress["step"]), rng)
-                meter.add(metrics, waited)
-                if progress["step"] % config.log_every == 0:
-                    interval = meter.flush(epoch, progress["step"], store)
-                    done = progress["step"] - start_step
-                    eta = (time.perf_counter() - start_time) / done * (step_limit - progress["step"])
-                    log.info("epoch %d step %d/%d  loss %.3f  train acc %.1f%%  lr %.4f  %.0f images/s  "
-                             "input wait %.0f%%  ETA %s", epoch, progress["step"], step_limit,
-                             interval["train_loss"], interval["train_acc"], lr, interval["images_per_s"],
-                             100 * interval["input_wait"], duration(eta))
-        finally:
-            batches.close()
-        meter.flush(epoch, progress["step"], store)
-        seconds = time.perf_counter() - epoch_start
-        eval_start = time.perf_counter()
-        variables = {"params": replicated["params"], "batch_stats": replicated["batch_stats"]}
-        test_acc, test_loss = evaluate(eval_step, variables, *run.test, eval_batch)
-        check_finite(test_loss, epoch, progress["step"], store)
-        if progress["best_test_acc"] is None or test_acc > progress["best_test_acc"]:
-            progress["best_test_acc"], progress["best_epoch"] = test_acc, epoch
-            best = parallel.unreplicate(variables)
-        progress["epoch"] = epoch
-        row = {"epoch": epoch, "step": progress["step"], "lr": config.lr_at(epoch),
-               **meter.summary(meter.totals, seconds), "test_loss": test_loss, "test_acc": test_acc,
-               "best_test_acc": progress["best_test_acc"], "seconds": round(seconds, 2),
-               "eval_seconds": round(time.perf_counter() - eval_start, 2)}
-        progress["history"].append(row)
-        append_csv(out / "metrics.csv", row)
-        store.save(epoch, {**parallel.unreplicate(replicated), "best": best}, {**meta, "progress": progress})
-        log.info("epoch %d done in %s: train loss %.3f, test acc %.2f%% (best %.2f%%, epoch %d)", epoch,
-                 duration(seconds), row["train_loss"], test_acc, progress["best_test_acc"],
-                 progress["best_epoch"])
-        write_json(out / "metrics.json", _metrics(progress))
-    metrics = _metrics(progress)
-    write_json(out / "metrics.json", metrics)
-    return metrics
+        batches = prefetch(parallel.shard_to_devices(pair, devices) for pair in
+                           epoch_batches(*self.data.train, batch, config.seed, epoch))
+        with contextlib.closing(batches):
+            for (images, labels), waited in timed(batches):
+                step += 1
+                done = np.float32(step / self.total_steps)  # the drop-path schedule's progress
+                state, metrics = self.train_step(state, images, labels, lr, done, np.int32(step), rng)
+                yield Step(state, {"loss": metrics["loss"] * batch, "correct": metrics["correct"]}, batch,
+                           waited)
 
+    def evaluate(self, weights: Any, split: str) -> dict[str, float]:
+        images, labels = getattr(self.data, split)
+        batch = device_multiple(self.config.eval_batch_size)
+        acc, loss = evaluate(self.eval_step, weights, images, labels, batch)
+        return {"acc": acc, "loss": loss}
 
-class _Meter:
-    """The training metrics of an epoch, and of the steps since the last log line. Step metrics stay
-    on the device until a flush, so that logging does not stall the pipeline of dispatched steps."""
+    def train_fields(self, means: dict[str, float]) -> dict[str, float]:
+        return {"train_loss": means["loss"], "train_acc": 100 * means["correct"]}
 
-    def __init__(self, batch_size: int) -> None:
-        self.batch_size = batch_size
-        self.totals = np.zeros(4)  # the epoch's flushed steps: summed loss, correct, steps, seconds waited
-        self._pending: list[dict[str, jax.Array]] = []
-        self._waited, self._start = 0.0, time.perf_counter()
-
-    def add(self, metrics: dict[str, jax.Array], waited: float) -> None:
-        """One step's metrics, and how long the loop waited for the host pipeline to hand it a batch."""
-        self._pending.append(metrics)
-        self._waited += waited
-
-    def flush(self, epoch: int, step: int, store: CheckpointStore) -> dict[str, float]:
-        """``summary`` of the steps since the last flush, which it waits for; raises if the loss is not
-        finite."""
-        values = jax.device_get(self._pending)
-        seconds = time.perf_counter() - self._start
-        sums = np.array([sum(float(v["loss"][0]) for v in values), sum(int(v["correct"][0]) for v in values),
-                         len(values), self._waited])
-        check_finite(sums[0], epoch, step, store)
-        self.totals += sums
-        self._pending, self._waited, self._start = [], 0.0, time.perf_counter()
-        return self.summary(sums, seconds)
-
-    def summary(self, sums: np.ndarray, seconds: float) -> dict[str, float]:
-        """Mean loss, train accuracy (%), images/s and the share of the time spent waiting for input."""
-        loss, correct, steps, waited = sums.tolist()
-        steps = max(steps, 1)
-        return {"train_loss": loss / steps, "train_acc": 100 * correct / (steps * self.batch_size),
-                "images_per_s": round(steps * self.batch_size / seconds, 1),
-                "input_wait": round(waited / seconds, 4)}
-
-
-def _metrics(progress: dict[str, Any]) -> dict[str, Any]:
-    metrics = {"epochs": progress["epoch"], "steps": progress["step"], "history": progress["history"]}
-    if progress["history"]:
-        last = progress["history"][-1]
-        metrics.update(test_acc=last["test_acc"], test_loss=last["test_loss"],
-                       best_test_acc=progress["best_test_acc"], best_epoch=progress["best_epoch"])
-    return metrics
+    def end_epoch(self, epoch: int, evaluation: dict[str, float], progress: dict[str, Any]) -> dict[str, Any]:
+        return {"lr": self.config.lr_at(epoch)}

@@ -1,10 +1,12 @@
 """Training and evaluation of recurrent-cell language models, data-parallel over local devices.
 
-The recipe is the PTB final training of reference §5.4: SGD with the learning rate scaled by
-each window's length over bptt, gradient clipping, weight decay, temporal activation
-regularisation, AWD-LSTM variable-length windows, and NT-ASGD: once the validation loss is
-worse than the best of all but the last ``nonmono`` epochs, training switches to averaged SGD
-and is evaluated (and checkpointed as best) with the averaged weights.
+The recipe is the PTB final training of NAO's ``rnn/train.py`` and NAO-WS's ``rnn/train.py`` (Luo et
+al., 2018, NAO): SGD with the learning rate scaled by each window's length over bptt, gradient clipping,
+weight decay, temporal activation regularisation, AWD-LSTM variable-length windows, and NT-ASGD: once
+the validation loss is worse than the best of all but the last ``nonmono`` epochs, training switches to
+averaged SGD and is evaluated (and kept as the result when best) with the averaged weights.
+``LmTask`` is this family's part of ``nao.models.training.train``: the best validation epoch is the
+result, and the test set is scored once, on it.
 
 Steps are pmapped over the ``batch`` axis: each device carries the hidden state of its
 streams, gradients are averaged across devices before clipping, so N devices compute the
@@ -13,12 +15,12 @@ same update as one device on the same global batch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import math
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nao.data.text import Corpus, batchify, window_lengths, windows
+from nao.data.image_input import prefetch
+from nao.data.text import Corpus, batchify, load_corpus, window_lengths, windows
 from nao.models import parallel
-from nao.models.checkpoint import CheckpointStore
-from nao.models.files import is_primary, write_json
+from nao.models.files import is_primary
 from nao.models.rnn import LmConfig, RecurrentLM, bank_rows, gather_cell
-from nao.models.training import (
-    TrainingDivergedError as TrainingDivergedError,  # raised here; callers catch it
-)
-from nao.models.training import (
-    append_csv,
-    check_batch,
-    check_finite,
-    device_multiple,
-    duration,
-    start_or_resume,
-)
+from nao.models.training import Selection, Step, config_from_meta, device_multiple, timed
 
 log = logging.getLogger("nao")
 
@@ -70,7 +62,6 @@ class LmTrainConfig:
     nonmono: int = 5
     max_steps: int = 0  # > 0: stop after this many steps in all (benchmarks, smoke runs)
     length_bucket: int = 5  # windows are padded to a multiple of this: one compilation per bucket
-    log_every: int = 100  # steps between log lines
     seed: int = 0
 
     def model_config(self, vocab_size: int) -> LmConfig:
@@ -80,25 +71,18 @@ class LmTrainConfig:
 
 
 LM_PRESETS: dict[str, LmTrainConfig] = {
-    # Reference §5.4 (PTB, both NAONet cells); needs a GPU.
+    # PTB, both NAONet cells: NAO's rnn/train.py with its scripts' flags; needs a GPU.
     "paper": LmTrainConfig(),
-    # Reference §5.5: the WikiText-2 transfer recipe.
+    # The WikiText-2 transfer recipe, NAO's rnn/train_wt2_final.sh.
     "paper_wt2": LmTrainConfig(emb_size=700, hidden_size=700, dropout_h=0.15, weight_decay=5e-7, epochs=2000),
     # A size a 2-core CPU trains to a useful perplexity in half an hour (benchmarks/lm_throughput.py).
     "cpu": LmTrainConfig(emb_size=256, hidden_size=256, dropout=0.4, dropout_h=0.1, dropout_x=0.2,
-                         dropout_i=0.1, batch_size=32, eval_batch_size=32, test_batch_size=32, epochs=6,
-                         log_every=200),
+                         dropout_i=0.1, batch_size=32, eval_batch_size=32, test_batch_size=32, epochs=6),
     # Tiny, for tests and notebooks on CPU.
     "smoke": LmTrainConfig(emb_size=16, hidden_size=16, dropout=0.1, dropout_h=0.1, dropout_x=0.1,
                            dropout_i=0.1, batch_size=4, eval_batch_size=4, test_batch_size=4, bptt=8,
-                           length_bucket=16, epochs=2, log_every=10),
+                           length_bucket=16, epochs=2),
 }
-
-
-def get_lm_preset(name: str) -> LmTrainConfig:
-    if name not in LM_PRESETS:
-        raise ValueError(f"unknown language-model preset {name!r}: choose one of {', '.join(LM_PRESETS)}")
-    return LM_PRESETS[name]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,19 +213,10 @@ def perplexity(loss: float) -> float:
     return math.exp(min(loss, 700.0))
 
 
+
+
 # ---------------------------------------------------------------------------------------------
 # Final training
-
-
-@dataclasses.dataclass
-class LmRun:
-    """What a training run needs besides the config: the cell, the data, where to write."""
-
-    arch: tuple[int, ...]
-    corpus: Corpus
-    output_dir: Path
-    meta: dict[str, Any]  # written into every checkpoint (space, dataset, arch string, flags...)
-    init_params: Any = None  # transfer: start from these instead of a fresh initialisation
 
 
 def init_params(model: RecurrentLM, arch, key: jax.Array, batch: int = 2):
@@ -249,114 +224,128 @@ def init_params(model: RecurrentLM, arch, key: jax.Array, batch: int = 2):
     return model.init(key, tokens, model.initial_hidden(batch), jnp.asarray(arch, jnp.int32))["params"]
 
 
+class LmTask:
+    """A recurrent cell trained as a word-level language model (``nao.models.training.Task``)."""
 
-def train_lm(config: LmTrainConfig, run: LmRun, resume: bool = False) -> dict[str, Any]:
-    """Train the fixed cell ``run.arch``; checkpoints every epoch; returns the final metrics."""
-    corpus, out = run.corpus, run.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    devices = check_batch(config.batch_size)
-    model = RecurrentLM(config.model_config(len(corpus.vocab)))
-    arch = tuple(int(v) for v in run.arch)
-    train_step = make_train_step(model, config.clip, config.weight_decay, config.tar_beta, fixed_arch=arch)
-    eval_step = make_eval_step(model, fixed_arch=arch)
-    key = jax.random.key(config.seed)
-    params = run.init_params if run.init_params is not None else init_params(model, arch, key)
-    params = jax.tree.map(np.asarray, params)
-    meta = {**run.meta, "kind": "lm", "arch": list(run.arch), "dataset": corpus.name,
-            "vocab_fingerprint": corpus.vocab.fingerprint, "vocab_size": len(corpus.vocab),
-            "config": dataclasses.asdict(config)}
-    store = CheckpointStore(out / "checkpoints")
-    # The words behind the embedding rows, so a checkpoint is usable without the training files.
-    if is_primary():
-        (out / "vocab.txt").write_text("\n".join(corpus.vocab.words) + "\n")
-    state = {"params": params, "avg": params, "count": np.int32(0), "best": params}
-    state, saved = start_or_resume(store, state, {"arch": meta["arch"], "dataset": corpus.name,
-                                                  "vocab_fingerprint": corpus.vocab.fingerprint}, resume, out)
-    progress = saved or {"epoch": 0, "step": 0, "asgd": False, "val_losses": [], "best_val_loss": None,
-                         "history": []}
-    best = state.pop("best")
-    replicated = parallel.replicate(state)
-    stream = batchify(corpus.train, config.batch_size)
-    hidden_size = config.hidden_size
-    eval_batch = device_multiple(config.eval_batch_size)
-    steps_per_epoch = len(window_lengths(stream.shape[1], config.bptt, np.random.default_rng(0)))
-    # An estimate for the ETA (window lengths are random); only max_steps stops a run early.
-    total_steps = config.max_steps or steps_per_epoch * config.epochs
-    step_limit = config.max_steps or float("inf")
-    csv_path = out / "metrics.csv"
-    start_time, start_step = time.perf_counter(), progress["step"]
-    while progress["epoch"] < config.epochs and progress["step"] < step_limit:
-        epoch = progress["epoch"] + 1
-        rng = np.random.default_rng([config.seed, epoch])  # the same windows when an epoch is redone
-        hidden = parallel.shard(np.zeros((config.batch_size, hidden_size), np.float32), devices)
-        ce_sum, ce_count, tokens, epoch_start = 0.0, 0, 0, time.perf_counter()
-        interval = [0.0, 0, time.perf_counter()]
-        for window in windows(stream, config.bptt, rng, config.length_bucket):
-            if progress["step"] >= step_limit:
-                break
-            progress["step"] += 1
-            lr = np.float32(config.lr * window.length / config.bptt)
-            step_key = jax.random.fold_in(jax.random.fold_in(key, epoch), progress["step"])
-            batch = parallel.shard((window.inputs, window.targets), devices)
-            replicated, hidden, ce, _ = train_step(replicated, *batch, np.int32(window.length), hidden, None,
-                                                   lr, step_key, np.bool_(progress["asgd"]))
-            interval[0] += ce[0] * window.length
-            interval[1] += window.length
-            tokens += window.length * config.batch_size
-            if progress["step"] % config.log_every == 0:
-                mean_ce = float(interval[0]) / interval[1]
-                check_finite(mean_ce, epoch, progress["step"], store)
-                ce_sum, ce_count = ce_sum + mean_ce * interval[1], ce_count + interval[1]
-                rate = interval[1] * config.batch_size / (time.perf_counter() - interval[2])
-                done = progress["step"] - start_step
-                eta = (time.perf_counter() - start_time) / done * max(total_steps - progress["step"], 0)
-                log.info("epoch %d step %d/%d  train ppl %.1f  lr %.2f  %.0f tokens/s  ETA %s", epoch,
-                         progress["step"], total_steps, perplexity(mean_ce), lr, rate, duration(eta))
-                interval = [0.0, 0, time.perf_counter()]
-        if interval[1]:
-            mean_ce = float(interval[0]) / interval[1]
-            check_finite(mean_ce, epoch, progress["step"], store)
-            ce_sum, ce_count = ce_sum + mean_ce * interval[1], ce_count + interval[1]
-        seconds = time.perf_counter() - epoch_start
-        eval_params = parallel.unreplicate(replicated["avg" if progress["asgd"] else "params"])
-        val_loss = evaluate(eval_step, parallel.replicate(eval_params), corpus.valid, eval_batch,
-                            config.bptt, hidden_size)
-        check_finite(val_loss, epoch, progress["step"], store)
-        losses = progress["val_losses"]
-        if (not progress["asgd"] and len(losses) > config.nonmono
-                and val_loss > min(losses[:-config.nonmono])):
+    kind, unit, datasets = "lm", "tokens", ("ptb", "wikitext2")
+    config_type, presets = LmTrainConfig, LM_PRESETS
+    sizes = ("emb_size", "hidden_size")  # a weight transfer keeps them
+    # The embedding (tied to the softmax) and the softmax bias follow the vocabulary.
+    renewed = (("embedding",), ("softmax_bias",))
+    # NT-ASGD's best validation epoch is the result; the test set is scored once, on it.
+    selection = Selection("valid", "loss", higher_is_better=False)
+    epoch_splits, final_splits = ("valid",), ("valid", "test")
+
+    def __init__(self, config: LmTrainConfig, arch: Sequence[int], corpus: Corpus) -> None:
+        """``arch``: the cell's 22 ints."""
+        self.config, self.corpus = config, corpus
+        self.arch = tuple(int(v) for v in arch)
+        self.model = RecurrentLM(config.model_config(len(corpus.vocab)))
+        self.train_step = make_train_step(self.model, config.clip, config.weight_decay, config.tar_beta,
+                                          fixed_arch=self.arch)
+        self.eval_step = make_eval_step(self.model, fixed_arch=self.arch)
+        self.key = jax.random.key(config.seed)
+        self.start_weights: Any = None  # params
+        self.stream = batchify(corpus.train, config.batch_size)
+
+    @classmethod
+    def for_space(cls, space: Any, arch: Sequence[int], dataset: str, data: Corpus, config: LmTrainConfig
+                  ) -> LmTask:
+        """The task of ``arch``, a cell of ``space``, on the corpus ``data`` of ``dataset``."""
+        if data.name != dataset:
+            raise ValueError(f"the corpus is {data.name}, not dataset={dataset}: load it with "
+                             "LmTask.load_data")
+        return cls(config, arch, data)
+
+    @staticmethod
+    def load_data(dataset: str, data_dir: str | None, config: LmTrainConfig) -> Corpus:
+        if not data_dir:
+            raise ValueError(f"dataset={dataset} needs data_dir, a folder holding its train/valid/test token "
+                             "files")
+        return load_corpus(dataset, data_dir)
+
+    @staticmethod
+    def rebuild(meta: dict[str, Any]) -> tuple[RecurrentLM, LmTrainConfig]:
+        config = config_from_meta(LmTrainConfig, meta["config"])
+        return RecurrentLM(config.model_config(meta["vocab_size"])), config
+
+    @staticmethod
+    def init_weights(model: RecurrentLM, arch: Sequence[int], seed: int) -> Any:
+        return jax.tree.map(np.asarray, init_params(model, arch, jax.random.key(seed)))
+
+    @staticmethod
+    def train_state(weights: Any, config: LmTrainConfig) -> dict[str, Any]:
+        """{params, avg (the averaged-SGD iterate), count (averaging steps)}."""
+        return {"params": weights, "avg": weights, "count": np.int32(0)}
+
+    def meta(self) -> dict[str, Any]:
+        vocab = self.corpus.vocab
+        return {"arch": list(self.arch), "dataset": self.corpus.name, "vocab_fingerprint": vocab.fingerprint,
+                "vocab_size": len(vocab)}
+
+    def write_run_files(self, output_dir: Path) -> None:
+        # The words behind the embedding rows, so a checkpoint is usable without the training files.
+        if is_primary():
+            (output_dir / "vocab.txt").write_text("\n".join(self.corpus.vocab.words) + "\n")
+
+    def initial_state(self) -> dict[str, Any]:
+        start = self.start_weights
+        start = self.init_weights(self.model, self.arch, self.config.seed) if start is None else start
+        return self.train_state(jax.tree.map(np.asarray, start), self.config)
+
+    def initial_progress(self) -> dict[str, Any]:
+        return {"asgd": False, "val_losses": []}
+
+    def weights(self, state: Any, progress: dict[str, Any]) -> Any:
+        return state["avg" if progress["asgd"] else "params"]
+
+    def _window_rng(self, epoch: int) -> np.random.Generator:
+        return np.random.default_rng([self.config.seed, epoch])  # the same windows when an epoch is redone
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        return len(window_lengths(self.stream.shape[1], self.config.bptt, self._window_rng(epoch)))
+
+    def train_epoch(self, state: Any, epoch: int, step: int, progress: dict[str, Any]) -> Iterator[Step]:
+        config = self.config
+        devices = jax.local_device_count()
+        hidden = parallel.shard(np.zeros((config.batch_size, config.hidden_size), np.float32), devices)
+        averaging = np.bool_(progress["asgd"])
+        batches = prefetch_windows(self.stream, config.bptt, self._window_rng(epoch), config.length_bucket,
+                                   devices)
+        with contextlib.closing(batches):
+            for (length, inputs, targets), waited in timed(batches):
+                step += 1
+                lr = np.float32(config.lr * length / config.bptt)
+                key = jax.random.fold_in(jax.random.fold_in(self.key, epoch), step)
+                state, hidden, ce, _ = self.train_step(state, inputs, targets, np.int32(length), hidden, None,
+                                                       lr, key, averaging)
+                tokens = length * config.batch_size
+                yield Step(state, {"loss": ce * np.float32(tokens)}, tokens, waited)
+
+    def evaluate(self, weights: Any, split: str) -> dict[str, float]:
+        config = self.config
+        batch = config.test_batch_size if split == "test" else config.eval_batch_size
+        loss = evaluate(self.eval_step, weights, getattr(self.corpus, split), device_multiple(batch),
+                        config.bptt, config.hidden_size)
+        return {"loss": loss, "ppl": perplexity(loss)}
+
+    def train_fields(self, means: dict[str, float]) -> dict[str, float]:
+        return {"train_ppl": perplexity(means["loss"])}
+
+    def end_epoch(self, epoch: int, evaluation: dict[str, float], progress: dict[str, Any]) -> dict[str, Any]:
+        """NT-ASGD: averaged SGD from the epoch whose validation loss is worse than the best of all but
+        the last ``nonmono`` epochs."""
+        losses, nonmono = progress["val_losses"], self.config.nonmono
+        val_loss = evaluation["valid_loss"]
+        if not progress["asgd"] and len(losses) > nonmono and val_loss > min(losses[:-nonmono]):
             progress["asgd"] = True
             log.info("epoch %d: validation stopped improving; switching to averaged SGD", epoch)
         losses.append(val_loss)
-        if progress["best_val_loss"] is None or val_loss < progress["best_val_loss"]:
-            progress["best_val_loss"], best = val_loss, eval_params
-        progress["epoch"] = epoch
-        row = {"epoch": epoch, "step": progress["step"], "train_ppl": perplexity(ce_sum / max(ce_count, 1)),
-               "valid_ppl": perplexity(val_loss), "best_valid_ppl": perplexity(progress["best_val_loss"]),
-               "asgd": progress["asgd"], "seconds": round(seconds, 2),
-               "tokens_per_s": round(tokens / seconds, 1)}
-        progress["history"].append(row)
-        append_csv(csv_path, row)
-        host_state = parallel.unreplicate(replicated)
-        store.save(epoch, {**host_state, "best": best}, {**meta, "progress": progress})
-        log.info("epoch %d done in %s: valid ppl %.2f (best %.2f)%s", epoch, duration(seconds),
-                 row["valid_ppl"], row["best_valid_ppl"], "  [averaged SGD]" if progress["asgd"] else "")
-        write_json(out / "metrics.json", _metrics(progress, None))
-    best_replicated = parallel.replicate(best)
-    test_loss = evaluate(eval_step, best_replicated, corpus.test, device_multiple(config.test_batch_size),
-                         config.bptt, hidden_size)
-    valid_loss = evaluate(eval_step, best_replicated, corpus.valid, eval_batch, config.bptt, hidden_size)
-    metrics = _metrics(progress, (valid_loss, test_loss))
-    write_json(out / "metrics.json", metrics)
-    log.info("best checkpoint: valid ppl %.2f, test ppl %.2f", metrics["valid_ppl"], metrics["test_ppl"])
-    return metrics
+        return {"asgd": progress["asgd"]}
 
 
-def _metrics(progress: dict[str, Any], final: tuple[float, float] | None) -> dict[str, Any]:
-    metrics = {"epochs": progress["epoch"], "steps": progress["step"], "asgd": progress["asgd"],
-               "history": progress["history"]}
-    if progress["best_val_loss"] is not None:
-        metrics["best_valid_ppl"] = perplexity(progress["best_val_loss"])
-    if final is not None:
-        metrics["valid_ppl"], metrics["test_ppl"] = perplexity(final[0]), perplexity(final[1])
-    return metrics
+def prefetch_windows(stream: np.ndarray, bptt: int, rng: np.random.Generator, bucket: int, devices: int
+                     ) -> Iterator[tuple[int, jax.Array, jax.Array]]:
+    """(length, inputs, targets) of an epoch's windows, put on the devices by a background thread."""
+    return prefetch((window.length, *parallel.shard_to_devices((window.inputs, window.targets), devices))
+                    for window in windows(stream, bptt, rng, bucket))

@@ -12,14 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nao.child_training import _transferred_params, train_child, transfer_child
+from nao.child_training import train_child, transfer_child
 from nao.data.text import load_corpus
 from nao.models.checkpoint import CheckpointError, CheckpointStore
-from nao.models.lm_train import LM_PRESETS, LmRun, TrainingDivergedError, train_lm
+from nao.models.lm_train import LM_PRESETS, LmTask
+from nao.models.rnn import RecurrentLM
+from nao.models.tasks import result_weights, transferred_weights
+from nao.models.training import train
 from nao.spaces.ptb import PtbSpace
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE = dataclasses.replace(LM_PRESETS["smoke"], epochs=1, log_every=5)
+SMOKE = dataclasses.replace(LM_PRESETS["smoke"], epochs=1)
+NAONET = PtbSpace().from_string("naonet")
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +40,14 @@ def test_training_learns_and_writes_metrics_checkpoints_and_a_diagram(trained, p
     # The grammar is far more predictable than uniform over the vocabulary, or than word frequencies.
     assert metrics["valid_ppl"] < 0.6 * vocab and metrics["test_ppl"] < 0.6 * vocab
     assert metrics["history"][2]["valid_ppl"] < metrics["history"][0]["valid_ppl"]
+    # The best validation epoch is the result; the test set is scored once, on it.
+    assert metrics["selection"]["split"] == "valid" and metrics["selection"]["metric"] == "valid_loss"
+    best = min(metrics["history"], key=lambda row: row["valid_loss"])
+    assert metrics["selection"]["epoch"] == best["epoch"] and metrics["valid_ppl"] == best["valid_ppl"]
+    assert not [key for row in metrics["history"] for key in row if key.startswith("test")]
+    streams = SMOKE.batch_size
+    train_ids = load_corpus("ptb", ptb_dir).train
+    assert metrics["tokens"] == 3 * streams * (len(train_ids) // streams - 1)  # each epoch: every window
     assert json.loads((out / "metrics.json").read_text())["test_ppl"] == pytest.approx(metrics["test_ppl"])
     assert len((out / "metrics.csv").read_text().splitlines()) == 4
     assert (out / "cell.png").stat().st_size > 5_000
@@ -49,37 +61,23 @@ def test_training_learns_and_writes_metrics_checkpoints_and_a_diagram(trained, p
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(trained, ptb_dir, tmp_path):
     _, uninterrupted = trained
     corpus = load_corpus("ptb", ptb_dir)
-    arch = PtbSpace().from_string("naonet")
-    run = LmRun(arch, corpus, tmp_path / "run", {"space": "ptb"})
-    train_lm(SMOKE, run)
-    with pytest.raises(ValueError, match="pass --resume"):
-        train_lm(SMOKE, run)
-    resumed = train_lm(dataclasses.replace(SMOKE, epochs=3), run, resume=True)
+    out = tmp_path / "run"
+    train(LmTask(SMOKE, NAONET, corpus), out, meta={"space": "ptb"})
+    with pytest.raises(ValueError, match="resume=True"):
+        train(LmTask(SMOKE, NAONET, corpus), out)
+    resumed = train(LmTask(dataclasses.replace(SMOKE, epochs=3), NAONET, corpus), out, resume=True).metrics
     assert [r["valid_ppl"] for r in resumed["history"]] == pytest.approx(
         [r["valid_ppl"] for r in uninterrupted["history"]], rel=1e-4)
     assert resumed["test_ppl"] == pytest.approx(uninterrupted["test_ppl"], rel=1e-4)
 
 
-def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(ptb_dir, tmp_path):
-    run = LmRun(PtbSpace().from_string("naonet"), load_corpus("ptb", ptb_dir), tmp_path / "run", {})
-    train_lm(SMOKE, run)
-    with pytest.raises(TrainingDivergedError) as info:
-        train_lm(dataclasses.replace(SMOKE, epochs=2, lr=1e30), run, resume=True)
-    message = str(info.value)
-    assert "epoch 2" in message and "last good checkpoint (epoch 1)" in message and "\n" not in message
-    assert CheckpointStore(tmp_path / "run" / "checkpoints").latest_step() == 1
-    metrics = train_lm(dataclasses.replace(SMOKE, epochs=2), run, resume=True)
-    assert metrics["epochs"] == 2 and np.isfinite(metrics["test_ppl"])
-
-
 def test_resuming_with_another_vocabulary_or_cell_is_refused(trained, wt2_dir, ptb_dir):
     out, _ = trained
     with pytest.raises(CheckpointError, match="vocab_fingerprint"):
-        train_lm(SMOKE, LmRun(PtbSpace().from_string("naonet"), load_corpus("ptb", wt2_dir), out, {}),
-                 resume=True)
+        train(LmTask(SMOKE, NAONET, load_corpus("ptb", wt2_dir)), out, resume=True)
     with pytest.raises(CheckpointError, match="has arch="):
-        train_lm(SMOKE, LmRun(PtbSpace().from_string("naonet_ws"), load_corpus("ptb", ptb_dir), out, {}),
-                 resume=True)
+        train(LmTask(SMOKE, PtbSpace().from_string("naonet_ws"), load_corpus("ptb", ptb_dir)), out,
+              resume=True)
 
 
 def test_a_damaged_checkpoint_gives_one_line(trained, ptb_dir, tmp_path):
@@ -90,24 +88,24 @@ def test_a_damaged_checkpoint_gives_one_line(trained, ptb_dir, tmp_path):
     for path in (copy / "checkpoints" / str(step) / "state").rglob("*"):
         if path.is_file() and path.stat().st_size > 1000:
             path.write_bytes(path.read_bytes()[:100])
-    run = LmRun(PtbSpace().from_string("naonet"), load_corpus("ptb", ptb_dir), copy, {})
     with pytest.raises(CheckpointError) as info:
-        train_lm(SMOKE, run, resume=True)
+        train(LmTask(SMOKE, NAONET, load_corpus("ptb", ptb_dir)), copy, resume=True)
     assert "truncated or damaged" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_weight_transfer_keeps_the_cell_and_renews_embedding_and_softmax(trained, wt2_dir, tmp_path):
     out, _ = trained
     store = CheckpointStore(out / "checkpoints", create=False)
-    meta = store.read_meta()
+    best, meta = result_weights(store)
     vocab = len(load_corpus("wikitext2", wt2_dir).vocab)
-    arch = tuple(meta["arch"])
-    params = _transferred_params(store, meta, SMOKE, vocab, arch)
-    like = {**params, "embedding": np.zeros((meta["vocab_size"], params["embedding"].shape[1]), np.float32),
-            "softmax_bias": np.zeros((meta["vocab_size"],), np.float32)}
-    state, _ = store.restore({"params": like, "avg": like, "count": np.int32(0), "best": like})
-    np.testing.assert_array_equal(params["cell"], state["best"]["cell"])
-    np.testing.assert_array_equal(params["w_input"], state["best"]["w_input"])
+    fresh = LmTask.init_weights(RecurrentLM(SMOKE.model_config(vocab)), NAONET, seed=1)
+    params = transferred_weights(store, fresh)
+    assert set(params) == set(best)
+    for name, value in params.items():
+        if (name,) in LmTask.renewed:
+            np.testing.assert_array_equal(value, fresh[name])
+        else:
+            np.testing.assert_array_equal(value, best[name], err_msg=name)
     assert params["embedding"].shape[0] == vocab != meta["vocab_size"]
 
     metrics = transfer_child(out, "wikitext2", str(wt2_dir), SMOKE, tmp_path / "weights")
@@ -133,11 +131,11 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--mode=train", "--space=ptb", "--arch=naonet"], "needs --data_dir"),
+    (["--mode=train", "--space=ptb", "--arch=naonet"], "needs data_dir"),
     (["--mode=train", "--space=ptb", "--arch=0 1 2", "--data_dir=."], "has 3 numbers, needs 22"),
-    (["--mode=train", "--space=nb201", "--arch=x", "--data_dir=."], "--space=nb201 is not one of them"),
+    (["--mode=train", "--space=nb201", "--arch=x", "--data_dir=."], "space=nb201 is not one of them"),
     (["--mode=train", "--space=ptb", "--arch=naonet", "--data_dir=/nonexistent"], "no token files under"),
-    (["--mode=train", "--space=ptb", "--arch=naonet", "--child_preset=huge"], "unknown language-model"),
+    (["--mode=train", "--space=ptb", "--arch=naonet", "--child_preset=huge"], "unknown lm training preset"),
     (["--mode=transfer", "--dataset=wikitext2", "--from_checkpoint=/nonexistent"], "no checkpoint directory"),
 ])
 def test_cli_bad_input_gives_one_line(args, needle):
@@ -152,6 +150,6 @@ def test_cli_trains_a_published_cell(ptb_dir, tmp_path):
     result = run_cli("--mode=train", "--space=ptb", "--arch=naonet_ws", f"--data_dir={ptb_dir}",
                      "--child_preset=smoke", "--child_epochs=1", f"--output_dir={out}")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "test ppl" in result.stdout
+    assert "result: the weights of epoch 1 (the epoch with the lowest valid_loss)" in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"] == 1 and np.isfinite(metrics["test_ppl"])
