@@ -246,7 +246,7 @@ class LmTask:
         self.eval_step = make_eval_step(self.model, fixed_arch=self.arch)
         self.key = jax.random.key(config.seed)
         self.start_weights: Any = None  # params
-        self.stream = batchify(corpus.train, config.batch_size)
+        self.stream = batchify(corpus.train, config.batch_size, corpus.files.get("train", "train split"))
 
     @classmethod
     def for_space(cls, space: Any, arch: Sequence[int], dataset: str, data: Corpus, config: LmTrainConfig
