@@ -43,12 +43,12 @@ from nao.models.checkpoint import CheckpointError, CheckpointStore
 from nao.models.cnn import (
     CellNetwork,
     CellNetworkConfig,
-    Supernet,
     init_variables,
     make_cell_network,
     param_count,
 )
 from nao.models.cnn_ops import synced_batch_norm
+from nao.models.cnn_supernet import Supernet
 from nao.models.files import write_json
 from nao.models.training import (
     append_csv,
