@@ -50,8 +50,8 @@ from nao.models.cnn import (  # noqa: E402
     CellNetworkConfig,
     init_variables,
     make_cell_network,
-    make_supernet,
 )
+from nao.models.cnn_supernet import make_supernet  # noqa: E402
 from nao.models.cnn_train import CnnTrainConfig, make_eval_step, make_train_step, train_state  # noqa: E402
 from nao.spaces.cifar import CifarWsSpace  # noqa: E402
 

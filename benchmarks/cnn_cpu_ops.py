@@ -5,7 +5,7 @@ against the fixed network with nothing else in the step.
     python benchmarks/cnn_cpu_ops.py --batch=128
 
 Table 1: forward and forward+backward (``jax.grad`` of a sum of squares) of single ops on a
-(batch, 32, 32, 20) input, each form of ``nao.models.cnn_ops`` (``conv(matmul=...)``,
+(batch, 32, 32, 20) input, each form of ``nao.models.cpu_kernels`` (``conv(matmul=...)``,
 ``depthwise_conv(shifted=...)``, ``pool(shifted=...)``). Table 2: ``jax.grad`` of the training loss of
 the NAONet-WS cell at the search size (F=20, N=3) as ``CellNetwork`` and as ``Supernet``, runs
 interleaved so that other load hits both alike, and the MB that the compiled forward+backward copies
@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hlo import loop_copies, megabytes  # noqa: E402
 
-from nao.models.cnn import SEARCH_CONFIG, init_variables, make_cell_network, make_supernet  # noqa: E402
-from nao.models.cnn_ops import conv, depthwise_conv, pool  # noqa: E402
+from nao.models.cnn import SEARCH_CONFIG, init_variables, make_cell_network  # noqa: E402
+from nao.models.cnn_supernet import make_supernet  # noqa: E402
+from nao.models.cpu_kernels import conv, depthwise_conv, pool  # noqa: E402
 from nao.spaces.cifar import CifarWsSpace  # noqa: E402
 
 FLAGS = flags.FLAGS

@@ -42,8 +42,9 @@ import optax
 from nao.data.cifar import CHANNEL_STATS, Pair, cifar_class_names, load_cifar, search_split
 from nao.data.image_input import augment, batches_per_epoch, epoch_batches, normalize, prefetch
 from nao.models import parallel
-from nao.models.cnn import CellNetwork, CellNetworkConfig, Supernet, init_variables, make_cell_network
+from nao.models.cnn import CellNetwork, CellNetworkConfig, init_variables, make_cell_network
 from nao.models.cnn_ops import synced_batch_norm
+from nao.models.cnn_supernet import Supernet
 from nao.models.training import Selection, Step, config_from_meta, device_multiple, timed
 
 

@@ -28,8 +28,9 @@ import numpy as np
 from nao.data.cifar import CHANNEL_STATS, Pair
 from nao.data.image_input import batches_per_epoch, epoch_batches, prefetch
 from nao.models import parallel
-from nao.models.cnn import init_variables, make_supernet
+from nao.models.cnn import init_variables
 from nao.models.cnn_ops import WS_OPS
+from nao.models.cnn_supernet import make_supernet
 from nao.models.cnn_train import CnnTrainConfig, make_eval_step, make_train_step, num_classes, train_state
 from nao.models.training import check_batch, device_multiple
 

@@ -1,4 +1,5 @@
-"""The NAO recurrent-cell language model and its weight-sharing supernet (reference §1.5, §4.5, §5.4).
+"""The NAO recurrent-cell language model and its weight-sharing supernet (NAO-WS RNN ``model.py``,
+``model_search.py``).
 
 The module takes the cell's architecture, an int array ``(p1, a1, ..., p11, a11)``, and one
 matrix per node (param ``cell``, (11, H, 2H)):
@@ -10,8 +11,9 @@ matrix per node (param ``cell``, (11, H, 2H)):
   the 11 matrices of its cell (``gather_cell``), runs the same module, and writes back only
   those rows (``nao.models.lm_train``), so a step costs what a fixed cell's step costs.
 
-Either way the cell output is the mean of s1..s11 (the original supernet averaged s0..s11
-while its final cell averaged s1..s11, reference §7.2.7; here search and final training agree).
+Either way the cell output is the mean of s1..s11 (the original supernet, NAO-WS RNN
+``model_search.py``, averaged s0..s11 while its final cell averaged s1..s11; here search and final
+training agree).
 Dropouts follow AWD-LSTM/DARTS: word dropout on the embedding matrix, locked (per-sequence)
 masks on the embedding output, on the cell input x and on the hidden state at every node, and
 on the cell output; the softmax is tied to the embedding.
@@ -37,7 +39,8 @@ BANK_ROWS = 2 * NUM_NODES * (NUM_NODES + 1)
 
 @dataclasses.dataclass(frozen=True)
 class LmConfig:
-    """Sizes and dropouts; defaults are the PTB final model's (reference §5.4)."""
+    """Sizes and dropouts; defaults are the PTB final model's (NAO's ``rnn/train.py`` and
+    ``rnn/train_ptb_final.sh``)."""
 
     vocab_size: int = 10000
     emb_size: int = 850

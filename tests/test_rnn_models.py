@@ -34,7 +34,7 @@ def init(model, arch, batch=3):
 
 
 def reference_step(params, x_t, h_prev, arch):
-    """The cell of reference §1.5 written out in NumPy for one time step."""
+    """The NAO recurrent cell (NAO-WS RNN ``model.py`` ``NAOCell``) written out in NumPy for one time step."""
     sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
     acts = {0: np.tanh, 1: lambda v: np.maximum(v, 0), 2: sig, 3: lambda v: v}
     w0 = np.asarray(params["w_input"])

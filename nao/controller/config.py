@@ -9,7 +9,7 @@ import dataclasses
 class ControllerConfig:
     """Encoder-predictor-decoder sizes and training settings.
 
-    Defaults are NAO_V1's (reference §2.5): emb 48, hidden 96, MLP 3x200,
+    Defaults are NAO_V1's (its ``train_search.py``): emb 48, hidden 96, MLP 3x200,
     lambda 0.8, Adam 1e-3 with weight decay 1e-4, clip 5, batch 100, 1000 epochs.
     """
 

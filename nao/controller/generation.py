@@ -1,4 +1,5 @@
-"""New architectures from gradient ascent in embedding space (reference §3).
+"""New architectures from gradient ascent in embedding space (Luo et al., 2018; NAO_V1's ``encoder.py``
+``infer``).
 
 For every seed the gradient of the predicted score is taken with respect to
 the per-step encoder outputs; each output moves by ``eta`` times it, is

@@ -1,4 +1,5 @@
-"""The encoder-predictor-decoder (EPD) network of NAO (reference §2).
+"""The encoder-predictor-decoder (EPD) network of NAO (Luo et al., 2018; NAO_V1's ``encoder.py``,
+``decoder.py``).
 
 The encoder embeds a token sequence, runs a 1-layer LSTM, L2-normalises each
 step's output (the per-step outputs are what gradient ascent moves), mean-pools

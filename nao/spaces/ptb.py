@@ -1,4 +1,4 @@
-"""The NAO recurrent cell for language modelling (reference §1.5).
+"""The NAO recurrent cell for language modelling (Luo et al., 2018, NAO; NAO-WS RNN ``model.py``).
 
 State s0 mixes the input and the previous hidden state; each of the 11 nodes
 i = 1..11 reads one earlier state s_p (p < i) and applies an activation in
@@ -23,7 +23,8 @@ from nao.spaces.base import InvalidArchitectureError, SearchSpace
 _NODE_TOKEN0 = 1  # predecessor p is token p + 1 (1..11)
 _ACT_TOKEN0 = NUM_NODES + 1  # activation a is token a + 12 (12..15)
 
-# The published cells, in the official integer format (reference §1.5).
+# The published cells, in the official integer format (NAO's ``rnn/train_ptb_final.sh``, NAO-WS RNN
+# ``train_final.sh``).
 PUBLISHED = {
     "naonet": "0 1 0 1 1 1 3 0 4 1 4 1 5 1 1 1 7 1 1 1 1 2",
     "naonet_ws": "0 1 1 1 2 2 1 2 4 1 4 1 4 1 7 1 8 2 1 0 4 1",
