@@ -20,25 +20,19 @@ from absl import app, flags
 
 from nao.child_training import SPACE_DATASETS, checkpoint_space, child_preset, train_child, transfer_child
 from nao.controller import PRESETS
-from nao.data.cifar import load_cifar, search_split
 from nao.data.errors import DatasetError
 from nao.data.nasbench import BenchmarkFileError
-from nao.data.text import load_corpus
-from nao.experiment import ExperimentConfig, RunDirError, make_space_and_evaluator, run_experiment
+from nao.evaluators import EVALUATORS
+from nao.experiment import ExperimentConfig, RunDirError, build_evaluator, run_experiment
 from nao.history import HistoryError
 from nao.models.checkpoint import CheckpointError
 from nao.models.cnn_train import CNN_PRESETS
-from nao.models.cnn_ws import CifarSupernet
-from nao.models.cnn_ws import supernet_config as cnn_supernet_config
 from nao.models.lm_train import LM_PRESETS
-from nao.models.lm_ws import LmSupernet
-from nao.models.lm_ws import supernet_config as lm_supernet_config
 from nao.models.parallel import initialize_multihost
 from nao.models.training import TrainingDivergedError
 from nao.search import SearchError
-from nao.spaces import SPACES, InvalidArchitectureError, get_space
-from nao.strategies import NAO_PRESETS, STRATEGIES
-from nao.ws_search import WsSearch, ws_options
+from nao.spaces import SPACES, InvalidArchitectureError
+from nao.strategies import STRATEGIES
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("mode", "search", "search: run the strategies; evaluate: score --arch on the evaluator; "
@@ -47,15 +41,17 @@ flags.DEFINE_string("mode", "search", "search: run the strategies; evaluate: sco
                     "whole table (--space=nb201 or nb101) but a --holdout share and save it as a checkpoint.")
 flags.DEFINE_string("space", "nb201", f"Search space, one of: {', '.join(SPACES)}.")
 flags.DEFINE_list("strategies", list(STRATEGIES), f"Comma list of strategies from: {', '.join(STRATEGIES)}.")
-flags.DEFINE_integer("queries", 150, "Budget per search: architectures evaluated for the first time.")
+flags.DEFINE_integer("queries", None, "Budget per search: architectures scored for the first time (default: "
+                     "the preset's; 150 for tables, no limit for supernets, whose budget is their epochs).")
 flags.DEFINE_integer("seeds", 1, "Number of seeds per strategy (seeds first_seed .. first_seed+seeds-1).")
 flags.DEFINE_integer("first_seed", 0, "First seed.")
 flags.DEFINE_string("output_dir", None, "Run directory (default: runs/<space>-<date-time>).")
 flags.DEFINE_bool("resume", False, "Continue the run in --output_dir (same flags) where it stopped.")
-flags.DEFINE_string("preset", "default",
-                    f"Controller and NAO settings, one of: {', '.join(PRESETS)}. 'paper' is the original "
-                    "method (reference §2-3); 'default' is what the benchmark shows works best; 'smoke' is "
-                    "tiny, for tests.")
+flags.DEFINE_string("preset", None,
+                    "Search settings of the evaluator (the loop's schedule, the controller, NAO). table: "
+                    "paper (the method of Luo et al., 2018), default (what the NAS-Bench-201 benchmark shows "
+                    "works best; the default) or smoke (tiny, for tests); supernet: paper (the NAO-WS / "
+                    "NAO_V1 schedules; the default) or smoke. fit_controller: a controller preset.")
 flags.DEFINE_string("compilation_cache_dir", os.path.expanduser("~/.cache/nao/jax"),
                     "JAX's persistent compilation cache: later runs skip XLA compilation. Empty: off.")
 flags.DEFINE_string("arch", None, "Architecture string for --mode=evaluate.")
@@ -80,8 +76,10 @@ flags.DEFINE_string("transfer", "weights", "transfer: 'weights' starts from all 
 flags.DEFINE_bool("finetune", False, "transfer with --transfer=weights: a tenth of the recipe's learning "
                   "rate and epochs (after --child_lr/--child_epochs); without it the copied weights are "
                   "retrained with the full recipe.")
-flags.DEFINE_string("evaluator", "table", "search: 'table' looks architectures up in a benchmark table "
-                    "(nb201, nb101); 'supernet' is the weight-sharing search NAO-WS (ptb_ws, cifar_ws).")
+flags.DEFINE_string("evaluator", "table", f"search: one of {', '.join(EVALUATORS)}. 'table' looks "
+                    "architectures up in a benchmark table (nb201, nb101); 'supernet' scores them with a "
+                    "weight-sharing supernet that trains between rounds (ptb_ws, cifar_ws): NAO-WS with "
+                    "--strategies=nao, random search with weight sharing with --strategies=random.")
 flags.DEFINE_integer("score_windows", 10, "NAO-WS on PTB: every cell is scored on this many validation "
                      "windows (the same ones for all; 0 = the whole validation set).")
 flags.DEFINE_integer("score_batches", 1, "NAO-WS on CIFAR: every cell is scored on this many validation "
@@ -145,21 +143,27 @@ def _overrides(names) -> dict:
 
 
 def build_config() -> ExperimentConfig:
-    if FLAGS.preset not in PRESETS:
-        raise ValueError(f"unknown --preset={FLAGS.preset}: choose one of {', '.join(PRESETS)}")
-
-    return ExperimentConfig(
-        space=FLAGS.space, strategies=tuple(FLAGS.strategies), queries=FLAGS.queries, seeds=FLAGS.seeds,
-        first_seed=FLAGS.first_seed, preset=FLAGS.preset,
-        controller=dataclasses.replace(PRESETS[FLAGS.preset], **_overrides(_CONTROLLER_FLAGS)),
-        nao=dataclasses.replace(NAO_PRESETS[FLAGS.preset], **_overrides(_NAO_FLAGS)),
-        benchmark_file=FLAGS.benchmark_file, valid_key=FLAGS.valid_key, test_key=FLAGS.test_key)
+    """The evaluator's preset (--preset, or the evaluator's default) with the flags that were set."""
+    config = ExperimentConfig(
+        space=FLAGS.space, evaluator=FLAGS.evaluator, strategies=tuple(FLAGS.strategies), seeds=FLAGS.seeds,
+        first_seed=FLAGS.first_seed, preset=FLAGS.preset, benchmark_file=FLAGS.benchmark_file,
+        valid_key=FLAGS.valid_key, test_key=FLAGS.test_key, data_dir=FLAGS.data_dir, dataset=FLAGS.dataset,
+        score_windows=FLAGS.score_windows, score_batches=FLAGS.score_batches, supernet_lr=FLAGS.child_lr,
+    ).resolved()
+    queries = {} if FLAGS.queries is None else {"queries": FLAGS.queries}
+    return dataclasses.replace(config, search=dataclasses.replace(config.search, **queries),
+                               controller=dataclasses.replace(config.controller,
+                                                              **_overrides(_CONTROLLER_FLAGS)),
+                               nao=dataclasses.replace(config.nao, **_overrides(_NAO_FLAGS)))
 
 
 def evaluate_arch(config: ExperimentConfig) -> None:
     if not FLAGS.arch:
         raise ValueError("--mode=evaluate needs --arch=STRING (an architecture of --space)")
-    space, evaluator, _ = make_space_and_evaluator(config)
+    if config.evaluator != "table":
+        raise ValueError("--mode=evaluate looks an architecture up in a table: use --evaluator=table")
+    setup = build_evaluator(config)
+    space, evaluator = setup.space, setup.make(config.first_seed)
     arch = space.from_string(FLAGS.arch)
     (_, result), = evaluator.evaluate([arch])
     print(f"{space.to_string(arch)}  valid {result.valid:.2f}  test {result.test:.2f}")
@@ -171,9 +175,10 @@ def fit_controller() -> int:
 
     from nao.pretrained import fit_table_controller
 
-    if FLAGS.preset not in PRESETS:
-        raise ValueError(f"unknown --preset={FLAGS.preset}: choose one of {', '.join(PRESETS)}")
-    config = dataclasses.replace(PRESETS[FLAGS.preset], **_overrides(_CONTROLLER_FLAGS))
+    preset = FLAGS.preset or "default"  # a controller preset; --preset's default is the evaluator's
+    if preset not in PRESETS:
+        raise ValueError(f"unknown --preset={preset}: choose one of {', '.join(PRESETS)}")
+    config = dataclasses.replace(PRESETS[preset], **_overrides(_CONTROLLER_FLAGS))
     output_dir = FLAGS.output_dir or f"runs/controller-{FLAGS.space}-{time.strftime('%Y%m%d-%H%M%S')}"
     names = ("space", "preset", "holdout", "first_seed", "targets", "benchmark_file", "valid_key", "test_key",
              *_CONTROLLER_FLAGS)
@@ -181,7 +186,7 @@ def fit_controller() -> int:
     metrics = fit_table_controller(FLAGS.space, config, output_dir, holdout=FLAGS.holdout,
                                    seed=FLAGS.first_seed, targets=FLAGS.targets or "minmax",
                                    benchmark_file=FLAGS.benchmark_file, command=command,
-                                   flags={n: FLAGS[n].value for n in names},
+                                   flags={**{n: FLAGS[n].value for n in names}, "preset": preset},
                                    # Unset: the table's own default keys (NB201's are the flags' defaults).
                                    valid_key=FLAGS.valid_key if FLAGS["valid_key"].present else None,
                                    test_key=FLAGS.test_key if FLAGS["test_key"].present else None)
@@ -236,53 +241,34 @@ def train_or_transfer() -> int:
     return 0
 
 
-def _ptb_supernet(preset: str, lr: dict) -> tuple[LmSupernet, dict, str]:
-    dataset = FLAGS.dataset or "ptb"
-    if not FLAGS.data_dir:
-        raise ValueError("--space=ptb_ws --evaluator=supernet needs --data_dir=DIR with the PTB token files")
-    corpus = load_corpus(dataset, FLAGS.data_dir)
-    supernet = LmSupernet(lm_supernet_config(preset, **lr), corpus, FLAGS.first_seed,
-                          score_windows=FLAGS.score_windows)
-    return supernet, {"dataset": dataset, "vocab_fingerprint": corpus.vocab.fingerprint}, "ptb"
+# The space whose --mode=train trains the cells a supernet search found.
+TRAIN_SPACES = {"ptb_ws": "ptb"}
 
 
-def _cifar_supernet(preset: str, lr: dict) -> tuple[CifarSupernet, dict, str]:
-    dataset = FLAGS.dataset or "cifar10"
-    images, labels = load_cifar(dataset, FLAGS.data_dir, "train")
-    # The reference's 5000 validation images; a tenth of a smaller training set.
-    train, valid = search_split(images, labels, min(5000, len(images) // 10))
-    supernet = CifarSupernet(cnn_supernet_config(preset, **lr), train, valid, FLAGS.first_seed,
-                             score_batches=FLAGS.score_batches, dataset=dataset)
-    return supernet, {"dataset": dataset, "train_images": len(train[0]), "valid_images": len(valid[0])}, \
-        "cifar_ws"
-
-
-# NAO-WS per space: (supernet preset, --child_lr override) -> (supernet, checkpoint meta, space to train).
-WS_SUPERNETS = {"ptb_ws": _ptb_supernet, "cifar_ws": _cifar_supernet}
-
-
-def ws_search() -> int:
-    preset = "smoke" if FLAGS.preset == "smoke" else "paper"
-    options = ws_options(FLAGS.space, preset, seed=FLAGS.first_seed)  # refuses spaces without a supernet
-    # The reference's controller unless smoke (the NB201-tuned 'default' is for tables).
-    controller = dataclasses.replace(PRESETS[preset], **_overrides(_CONTROLLER_FLAGS))
-    lr = {} if FLAGS.child_lr is None else {"lr": FLAGS.child_lr}
-    supernet, meta, train_space = WS_SUPERNETS[FLAGS.space](preset, lr)
-    output_dir = FLAGS.output_dir or f"runs/{FLAGS.space}-{time.strftime('%Y%m%d-%H%M%S')}"
-    search = WsSearch(get_space(FLAGS.space), supernet, controller, options, output_dir, meta=meta)
-    if FLAGS.resume:
-        search.resume()
-    elif search.store.latest_step() is not None:
-        raise ValueError(f"{output_dir} already holds a search: pass --resume to continue it, or choose "
-                         "another --output_dir")
-    summary = search.run()
-    print(f"\nNAO-WS on {FLAGS.space}: {summary['epochs']} supernet epochs, {len(summary['rounds'])} rounds; "
-          f"best cells by {supernet.score_name} with shared weights:")
-    for entry in summary["top"]:
-        print(f"  {entry[supernet.score_name]:9.2f}  {entry['arch']}")
-    print(f"train the best: python run_nao.py --mode=train --space={train_space} "
-          f"--arch='{summary['top'][0]['arch']}' --data_dir=...\nresults, history and plots in {output_dir}")
-    return 0
+def print_summary(summary: dict, output_dir: str) -> None:
+    strategies = summary["strategies"]
+    if summary["curve"] == "round":  # scores with shared weights: the final pools' best cells
+        score = summary["score_name"]
+        print(f"\n{summary['space']}, {summary['evaluator']} ({summary['preset']}), {summary['seeds']} "
+              f"seed(s); best {score} of the final pool, with shared weights:")
+        for name, entry in strategies.items():
+            print(f"  {name:10s} {entry['final_best_mean']:9.2f} +- {entry['final_best_std']:.2f}; best "
+                  f"cells of seed {entry['seeds'][0]['seed']}:")
+            for cell in entry["seeds"][0]["top"]:
+                print(f"    {cell[score]:9.2f}  {cell['arch']}")
+        best = max((s for e in strategies.values() for s in e["seeds"]), key=lambda s: s["final_valid"])
+        space = TRAIN_SPACES.get(summary["space"], summary["space"])
+        print(f"train the best: python run_nao.py --mode=train --space={space} --arch='{best['best_arch']}' "
+              "--data_dir=...")
+    else:
+        metric = "test" if all("final_test_mean" in e for e in strategies.values()) else "valid"
+        print(f"\n{summary['space']}, {summary['queries']} queries, {summary['seeds']} seed(s); "
+              f"{metric} accuracy of the best-by-validation architecture:")
+        for name, entry in strategies.items():
+            print(f"  {name:10s} {entry[f'final_{metric}_mean']:6.2f} +- {entry[f'final_{metric}_std']:.2f}")
+        if f"optimum_{metric}" in summary:
+            print(f"  {'optimum':10s} {summary[f'optimum_{metric}']:6.2f}")
+    print(f"results, curves and plots in {output_dir}")
 
 
 def main(argv: list[str]) -> int:
@@ -300,10 +286,6 @@ def main(argv: list[str]) -> int:
             return train_or_transfer()
         if FLAGS.mode == "fit_controller":
             return fit_controller()
-        if FLAGS.mode == "search" and FLAGS.evaluator == "supernet":
-            return ws_search()
-        if FLAGS.evaluator != "table":
-            raise ValueError(f"unknown --evaluator={FLAGS.evaluator}: choose table or supernet")
         config = build_config()
         if FLAGS.mode == "evaluate":
             evaluate_arch(config)
@@ -316,14 +298,7 @@ def main(argv: list[str]) -> int:
     except _USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    metric = "test" if all("final_test_mean" in e for e in summary["strategies"].values()) else "valid"
-    print(f"\n{summary['space']}, {summary['queries']} queries, {summary['seeds']} seed(s); "
-          f"{metric} accuracy of the best-by-validation architecture:")
-    for name, entry in summary["strategies"].items():
-        print(f"  {name:10s} {entry[f'final_{metric}_mean']:6.2f} +- {entry[f'final_{metric}_std']:.2f}")
-    if f"optimum_{metric}" in summary:
-        print(f"  {'optimum':10s} {summary[f'optimum_{metric}']:6.2f}")
-    print(f"results, curves and plots in {output_dir}")
+    print_summary(summary, output_dir)
     return 0
 
 
