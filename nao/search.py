@@ -18,11 +18,12 @@ in rounds of ``round_epochs``; the search ends after the round that spends eithe
 
 Resume, with nothing scored twice: a search with a ``CheckpointStore`` (needed by an evaluator with
 state, such as a supernet) saves the evaluator, the strategy and the working pool after every
-training epoch and every round, and restarts from the newest of those; it loses at most the epoch in
-flight. Without one (tables) the strategy is re-run from its seed and every architecture it proposes
-that the history already holds is taken from there instead of being evaluated again. In both cases a
-score the history holds for the same round (or, for scores that do not change, any round) is reused.
-The loop's own draws (the first pool of a bounded search, the random cells of each round) come from
+training epoch and every round, and restarts from the newest of those; it loses at most one epoch of
+training (the one in flight, or a round's last while the round's pool is scored). Without one
+(tables) the strategy is re-run from its seed and every architecture it proposes that the history
+already holds is taken from there instead of being evaluated again. In both cases a score the
+history holds for the same round (or, for scores that do not change, any round) is reused. The
+loop's own draws (the first pool of a bounded search, the random cells of each round) come from
 ``(strategy.seed, round)``, so they too are the same after a resume.
 """
 
@@ -45,7 +46,7 @@ from nao.strategies.base import Pool, Strategy, sample_unseen
 if TYPE_CHECKING:
     from nao.evaluators.base import Evaluator
 
-CHECKPOINT_KIND = "ws_search"
+CHECKPOINT_KIND = "ws_search"  # what nao.pretrained.load_checkpoint reads as a WsSearchCheckpoint
 
 
 class SearchError(RuntimeError):

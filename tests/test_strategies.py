@@ -228,6 +228,9 @@ def test_a_killed_rescoring_search_resumes_from_its_checkpoint(make, name, die, 
     assert [(r["round"], r["key"], r["valid"]) for r in rows] == scores
     assert len(killed.scored) + len(resumed.scored) == 30  # nothing scored twice
     assert History(tmp_path / "killed" / "history.jsonl").rows == rows
+    again = DriftingEvaluator(nb201_evaluator)  # a finished search resumed: read back, nothing redone
+    assert drifting_search(make, name, nb201_space, again, tmp_path / "killed") == rows
+    assert again.scored == [] and again.epoch == 6
 
 
 # --- history --------------------------------------------------------------------------------------
