@@ -80,10 +80,10 @@ flags.DEFINE_string("evaluator", "table", f"search: one of {', '.join(EVALUATORS
                     "architectures up in a benchmark table (nb201, nb101); 'supernet' scores them with a "
                     "weight-sharing supernet that trains between rounds (ptb_ws, cifar_ws): NAO-WS with "
                     "--strategies=nao, random search with weight sharing with --strategies=random.")
-flags.DEFINE_integer("score_windows", 10, "NAO-WS on PTB: every cell is scored on this many validation "
-                     "windows (the same ones for all; 0 = the whole validation set).")
-flags.DEFINE_integer("score_batches", 1, "NAO-WS on CIFAR: every cell is scored on this many validation "
-                     "batches of 500 images (the same ones for all; 0 = the whole validation split).")
+flags.DEFINE_integer("score_windows", 10, "Supernet on PTB: every cell is scored on this many validation "
+                     "windows (the same ones for every cell, strategy and seed; 0 = the whole stream).")
+flags.DEFINE_integer("score_batches", 1, "Supernet on CIFAR: every cell is scored on this many batches of "
+                     "500 held-out images (the same ones for every cell, strategy and seed; 0 = all).")
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (several hosts, one job).")
 flags.DEFINE_string("coordinator_address", None, "--multihost: host:port of process 0 (unset: detected "
                     "on TPU pods and SLURM).")

@@ -88,8 +88,8 @@ class Strategy(abc.ABC):
         """Continue from what ``save_state`` returned."""
         self.rng.bit_generator.state = facts["rng"]
 
-    def _strings(self, archs) -> list[str]:
+    def _to_strings(self, archs) -> list[str]:
         return [self.space.to_string(a) for a in archs]
 
-    def _archs(self, strings: list[str]) -> list[Hashable]:
+    def _from_strings(self, strings: list[str]) -> list[Hashable]:
         return [self.space.from_string(s) for s in strings]

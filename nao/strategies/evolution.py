@@ -48,11 +48,11 @@ class RegularizedEvolution(Strategy):
 
     def save_state(self) -> tuple[Any, dict[str, Any]]:
         arrays, facts = super().save_state()
-        return arrays, {**facts, "population": self._strings(self.population),
-                        "pending": self._strings(self._pending)}
+        return arrays, {**facts, "population": self._to_strings(self.population),
+                        "pending": self._to_strings(self._pending)}
 
     def load_state(self, arrays: Any, facts: dict[str, Any]) -> None:
         super().load_state(arrays, facts)
         self.population.clear()
-        self.population.extend(self._archs(facts["population"]))
-        self._pending = self._archs(facts["pending"])
+        self.population.extend(self._from_strings(facts["population"]))
+        self._pending = self._from_strings(facts["pending"])
