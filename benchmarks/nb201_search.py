@@ -24,7 +24,7 @@ from nao.controller import Controller, get_preset
 from nao.data.nasbench import load_nb201_table
 from nao.evaluators import Nb201TableEvaluator
 from nao.history import History
-from nao.search import best_so_far, search
+from nao.search import SearchSettings, best_so_far, search
 from nao.spaces import NasBench201Space
 from nao.strategies import NAO_PRESETS, STRATEGIES, make_strategy
 from nao.strategies.nao import normalize_targets
@@ -62,7 +62,7 @@ def search_table(space, evaluator, optimum: float) -> None:
             start = time.perf_counter()
             strategy = make_strategy(name, space, seed, get_preset(FLAGS.preset), nao_options())
             built = time.perf_counter() - start
-            rows = search(space, strategy, evaluator, FLAGS.queries, History(None))
+            rows = search(space, strategy, evaluator, SearchSettings(queries=FLAGS.queries), History(None))
             walls.append(time.perf_counter() - start)
             if seed == 0 and len(rows) >= 150:
                 first_150 = built + rows[149]["elapsed"]  # building the controller and compiling included

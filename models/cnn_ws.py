@@ -1,10 +1,10 @@
 """The NAO-WS CIFAR supernet: train with one uniformly sampled cell per step, score cells.
 
-Reference §4.3 (NAO_V1 ``train_search.py``): 3 normal cells per stage, 20 channels, 5 nodes, the 5
-ops of the ``cifar_ws`` space, batch 64, SGD with momentum 0.9, a cosine learning rate from 0.025 to
-0.001 over 150 epochs, weight decay 3e-4, gradient clipped to norm 5, drop-path keep 0.9, no final
-dropout, no auxiliary head, no cutout. The weights train on the first 45000 CIFAR-10 training
-images; cells are scored on the last 5000 (``nao.data.cifar.search_split``).
+NAO_V1's ``train_search.py``: 3 normal cells per stage, 20 channels, 5 nodes, the 5 ops of the
+``cifar_ws`` space, batch 64, SGD with momentum 0.9, a cosine learning rate from 0.025 to 0.001 over
+150 epochs, weight decay 3e-4, gradient clipped to norm 5, drop-path keep 0.9, no final dropout, no
+auxiliary head, no cutout. The weights train on 45000 CIFAR-10 training images and cells are scored
+on the other 5000 (the caller's split: ``nao.evaluators.supernet`` draws it from a seed).
 
 A cell's score is its accuracy (%) with the shared weights, BatchNorm normalising with batch
 statistics (as NAO-WS does). The original scored every cell on a different random batch of 500, so
@@ -17,7 +17,6 @@ argument: one compilation serves every cell.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Hashable, Sequence
 from typing import Any
@@ -42,12 +41,6 @@ SUPERNET_PRESETS: dict[str, CnnTrainConfig] = {
     "smoke": CnnTrainConfig(channels=4, layers=1, keep_prob=1.0, drop_path_keep_prob=0.9, use_aux_head=False,
                             batch_size=8, eval_batch_size=16, epochs=2, lr=0.05, lr_min=0.001, cutout_size=0),
 }
-
-
-def supernet_config(preset: str, **overrides: Any) -> CnnTrainConfig:
-    if preset not in SUPERNET_PRESETS:
-        raise ValueError(f"unknown supernet preset {preset!r}: choose one of {', '.join(SUPERNET_PRESETS)}")
-    return dataclasses.replace(SUPERNET_PRESETS[preset], **overrides)
 
 
 class CifarSupernet:

@@ -1,16 +1,16 @@
 """The NAO-WS language-model supernet: train with one uniformly sampled cell per step, score cells.
 
-Reference §4.5: one recurrent layer of 300 units, tied softmax, the final model's dropouts, plain
-SGD (lr 0.25, clip 10, weight decay 5e-7) with batch 256 and AWD-LSTM windows. The original
-scored each cell on one random minibatch whose offset bug confined it to the first ~3% of the
-validation stream (§7.2.8); here every cell is scored on the same windows (``score_windows``
-of them from the start of the batchified validation stream, or all of it when 0), so scores
-are comparable.
+NAO-WS RNN (``rnn/train_search.py``, ``model_search.py``): one recurrent layer of 300 units, tied
+softmax, the final model's dropouts, plain SGD (lr 0.25, clip 10, weight decay 5e-7) with batch
+256 and AWD-LSTM windows. The original scored each cell on one random minibatch, and used the
+random batch index as a token offset, which confined the scores to the first ~3% of the
+validation stream; here every cell is scored on the same windows: the first ``score_windows``
+of the batchified validation stream rotated to start at an offset drawn from ``split_seed`` (all
+of it when 0), so scores are comparable, and the same for every search seed.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Hashable, Sequence
@@ -48,13 +48,16 @@ class LmSupernet:
     score_name = "valid_ppl"
     higher_is_better = False
 
-    def __init__(self, config: LmTrainConfig, corpus: Corpus, seed: int, score_windows: int = 10):
+    def __init__(self, config: LmTrainConfig, corpus: Corpus, seed: int, score_windows: int = 10,
+                 split_seed: int = 0):
         devices = jax.local_device_count()
         for name in ("batch_size", "eval_batch_size"):
             if getattr(config, name) % devices:
                 raise ValueError(f"supernet {name}={getattr(config, name)} must be divisible by the "
                                  f"{devices} local devices")
         self.config, self.corpus, self.seed, self.score_windows = config, corpus, seed, score_windows
+        offset = int(np.random.default_rng(split_seed).integers(len(corpus.valid))) if score_windows else 0
+        self.score_stream = np.concatenate([corpus.valid[offset:], corpus.valid[:offset]])
         self.model = RecurrentLM(config.model_config(len(corpus.vocab)))
         self.train_step = make_supernet_step(self.model, config.clip, config.weight_decay, config.tar_beta)
         self.eval_step = make_eval_step(self.model, supernet=True)
@@ -101,13 +104,7 @@ class LmSupernet:
         params = self._replicated["params"]
         out = []
         for arch in archs:
-            loss = evaluate(self.eval_step, params, self.corpus.valid, cfg.eval_batch_size, cfg.bptt,
+            loss = evaluate(self.eval_step, params, self.score_stream, cfg.eval_batch_size, cfg.bptt,
                             cfg.hidden_size, arch=np.asarray(arch, np.int32), max_windows=self.score_windows)
             out.append(perplexity(loss))
         return out
-
-
-def supernet_config(preset: str, **overrides: Any) -> LmTrainConfig:
-    if preset not in SUPERNET_PRESETS:
-        raise ValueError(f"unknown supernet preset {preset!r}: choose one of {', '.join(SUPERNET_PRESETS)}")
-    return dataclasses.replace(SUPERNET_PRESETS[preset], **overrides)

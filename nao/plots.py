@@ -50,15 +50,20 @@ def plot_search_curves(summary: dict[str, Any], path: str | os.PathLike) -> None
     plt.close(fig)
 
 
-def plot_ws_rounds(rounds: list[dict[str, Any]], score_name: str, path: str | os.PathLike) -> None:
-    """A weight-sharing search: best and mean pool score at each round's epoch."""
+def plot_round_curves(summary: dict[str, Any], path: str | os.PathLike) -> None:
+    """A search whose scores change between rounds (a supernet's): per strategy, the pool's best score
+    at each round's epoch, mean over seeds (band: +- one std)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    epochs = [r["epoch"] for r in rounds]
-    ax.plot(epochs, [r[f"best_{score_name}"] for r in rounds], "o-", label="best cell of the pool")
-    ax.plot(epochs, [r[f"mean_{score_name}"] for r in rounds], "s--", label="pool mean")
+    score = summary["score_name"]
+    for name, entry in summary["strategies"].items():
+        mean, std = entry["mean_best_curve"], entry["std_best_curve"]
+        epochs = [r["epoch"] for r in entry["seeds"][0]["rounds"]][:len(mean)]
+        ax.plot(epochs, mean, "o-", label=f"{name} ({len(entry['seeds'])} seeds): {mean[-1]:.4g}")
+        ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                        alpha=0.15)
     ax.set_xlabel("supernet epochs")
-    ax.set_ylabel(f"{score_name} with shared weights")
-    ax.set_title("NAO-WS: the pool after each controller round")
+    ax.set_ylabel(f"best {score} of the pool, shared weights")
+    ax.set_title(f"{summary['space']}: the pool after each round, mean over seeds")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -252,27 +252,32 @@ class LmCheckpoint(Checkpoint):
 
 
 class WsSearchCheckpoint(Checkpoint):
-    """A NAO-WS search: ``space``, ``pool`` (the architecture strings of the last pool), ``rounds``,
-    ``supernet_state`` and the controller's ``controller_params``; ``predict`` where the meta records
-    the controller's configuration (a ``controller`` field; searches written before it lack it)."""
+    """One search of a run with a weight-sharing evaluator (NAO-WS, or another strategy with a
+    supernet), saved in ``<run>/searches/<strategy>/seed_<s>/checkpoints``: ``space``, ``strategy``,
+    ``pool`` (the architecture strings of the last pool), ``rounds`` (per round the pool's best and
+    mean score), ``supernet_state``, and for NAO the controller's ``controller_params`` and
+    ``predict(cells)``."""
 
     def _build(self) -> None:
         from nao.spaces import get_space
 
         self.space = get_space(self.meta["space"])
-        self.pool = list(self.meta.get("pool", []))
-        self.rounds = list(self.meta.get("rounds", []))
-        self.supernet_state = self.state.get("supernet")
-        self.controller_params = self.state.get("controller")
+        self.strategy = self.meta["strategy"]
+        self.pool = list(self.meta["pool"])
+        self.rounds = list(self.meta["rounds"])
+        self.supernet_state = self.state["evaluator"]["supernet"]
+        controller = self.meta["strategy_state"].get("controller")
+        self.controller_params = self.state["strategy"]["params"] if controller else None
         self._predictor = None
-        if "controller" in self.meta:
-            self._predictor = ControllerCheckpoint(self.path, self.kind, self.step, self.meta, self.state)
+        if controller:
+            self._predictor = ControllerCheckpoint(self.path, self.kind, self.step,
+                                                   {**self.meta, "controller": controller},
+                                                   {"controller": self.controller_params})
             self._predictor._build()
 
     def predict(self, archs: Iterable) -> np.ndarray:
         if self._predictor is None:
-            raise ValueError(f"{self.path}: this search's meta does not record its controller's "
-                             "configuration, so its predictor cannot be rebuilt")
+            raise ValueError(f"{self.path}: a {self.strategy!r} search has no controller to predict with")
         return self._predictor.predict(archs)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import pickle
-from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -114,22 +113,26 @@ def quick_compilation():
         yield
 
 
-def run_killed_then_resumed(make_search: Callable):
-    """Kill a NAO-WS search (``make_search()``, always the same run directory) in its second supernet
-    epoch, check what the checkpoint kept, resume it in a new search and return the final summary."""
-    search = make_search()
-    real_train = search.supernet.train_epoch
+def run_killed_then_resumed(monkeypatch: pytest.MonkeyPatch, supernet_class: type, config, out: Path) -> dict:
+    """Kill a weight-sharing run (``run_experiment(config, out)``, one round an epoch) in the second
+    supernet epoch of its first search, check what that search's checkpoint kept, resume the run and
+    return its summary."""
+    from nao.experiment import run_experiment
+    from nao.models.checkpoint import CheckpointStore
 
-    def dies_in_epoch_two(archs, epoch):
+    real_train = supernet_class.train_epoch
+
+    def dies_in_epoch_two(self, archs, epoch):
         if epoch == 1:
             raise KeyboardInterrupt
-        return real_train(archs, epoch)
+        return real_train(self, archs, epoch)
 
-    search.supernet.train_epoch = dies_in_epoch_two
-    with pytest.raises(KeyboardInterrupt):
-        search.run()
-    assert search.store.latest_step() == 1
-    resumed = make_search()
-    resumed.resume()
-    assert resumed.epoch == 1 and len(resumed.rounds) == 1
-    return resumed.run()
+    with monkeypatch.context() as patch:
+        patch.setattr(supernet_class, "train_epoch", dies_in_epoch_two)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(config, out, plots=False)
+    folder = out / "searches" / config.strategies[0] / f"seed_{config.first_seed}" / "checkpoints"
+    store = CheckpointStore(folder, create=False)
+    # Epoch 1 trained, round 0 scored and the next pool proposed; nothing of epoch 2.
+    assert store.latest_step() == 1 and store.read_meta()["round"] == 1
+    return run_experiment(config, out, resume=True, plots=False)

@@ -78,8 +78,8 @@ def test_killed_search_resumes_to_the_same_summary(tmp_path):
 @pytest.mark.parametrize("args, expected", [
     (["--space=nb999"], "unknown space 'nb999'"),
     (["--strategies=nao,annealing"], "unknown strategy 'annealing'"),
-    (["--queries=3"], "raise --queries or lower --init_size"),
-    (["--preset=huge"], "unknown --preset=huge"),
+    (["--queries=3"], "raise search.queries or lower nao.init_size"),
+    (["--preset=huge"], "unknown preset 'huge' for evaluator 'table': choose one of paper, default, smoke"),
     (["--mode=evaluate", "--arch=|conv~0|+|"], "bad NAS-Bench-201"),
     (["--valid_key=imagenet_acc"], "set --valid_key to one of"),
     (["--benchmark_file=/nonexistent/table.npz"], "does not exist"),
@@ -105,7 +105,7 @@ def test_foreign_run_dir_is_refused_and_untouched(tmp_path):
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     result = run_cli("--preset=smoke", "--queries=30", "--strategies=random", f"--output_dir={out}",
                      "--resume")
-    assert result.returncode == 2 and "different configuration (differs in: queries)" in result.stderr
+    assert result.returncode == 2 and "different configuration (differs in: search.queries)" in result.stderr
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
     stranger = tmp_path / "stranger"

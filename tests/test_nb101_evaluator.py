@@ -16,7 +16,7 @@ from nao.evaluators.nb101_table import (
     nb101_table_space_and_evaluator,
 )
 from nao.history import History
-from nao.search import search
+from nao.search import SearchSettings, search
 from nao.spaces.base import InvalidArchitectureError, SearchSpace
 from nao.spaces.nasbench101 import INPUT, OUTPUT, NasBench101Space, Nb101Arch, from_table
 from nao.strategies import make_strategy
@@ -247,7 +247,7 @@ def test_unreadable_files_are_refused_with_the_fix(tmp_path):
 @pytest.mark.parametrize("name", ["random", "evolution", "local"])
 def test_search_over_the_table(tmp_path, space, evaluator, name):
     history = History(tmp_path / "h.jsonl")
-    rows = search(space, make_strategy(name, space, 0), evaluator, 40, history)
+    rows = search(space, make_strategy(name, space, 0), evaluator, SearchSettings(queries=40), history)
     assert len(rows) == 40 and len({row["key"] for row in rows}) == 40
     assert len(History(tmp_path / "h.jsonl").rows) == 40
     for row in rows:

@@ -255,27 +255,32 @@ def test_cifar_network_round_trip(cnn_run):
 
 
 def test_weight_sharing_search_round_trip(ptb_dir, tmp_path):
-    from nao.controller import PRESETS
-    from nao.models.lm_ws import LmSupernet, supernet_config
-    from nao.spaces import get_space
-    from nao.ws_search import WsSearch, ws_options
+    from nao.experiment import ExperimentConfig, build_evaluator
+    from nao.history import History
+    from nao.models.checkpoint import CheckpointStore
+    from nao.search import SearchSettings, search
+    from nao.strategies import make_strategy
 
-    corpus = load_corpus("ptb", ptb_dir)
-    supernet = LmSupernet(supernet_config("smoke"), corpus, seed=0, score_windows=1)
-    options = ws_options("ptb_ws", "smoke", epochs=1, round_epochs=1)  # one epoch, one scoring round
+    settings = SearchSettings(queries=0, epochs=1, round_epochs=1, pool_size=8, per_round=3,
+                              random_per_round=1)  # one epoch, one scoring round
+    config = ExperimentConfig(space="ptb_ws", evaluator="supernet", preset="smoke", data_dir=str(ptb_dir),
+                              score_windows=1, search=settings).resolved()
+    setup = build_evaluator(config)
+    evaluator = setup.make(0)
+    strategy = make_strategy("nao", setup.space, 0, config.controller, config.nao)
+    folder = tmp_path / "ws" / "searches" / "nao" / "seed_0"
     with quick_xla():
-        search = WsSearch(get_space("ptb_ws"), supernet, PRESETS["smoke"], options, tmp_path / "ws",
-                          meta={"dataset": "ptb", "vocab_fingerprint": corpus.vocab.fingerprint})
-        summary = search.run()
-    ckpt = load_checkpoint(tmp_path / "ws", expect_kind="ws_search", expect_space="ptb_ws")
+        search(setup.space, strategy, evaluator, settings, History(None),
+               CheckpointStore(folder / "checkpoints"))
+    ckpt = load_checkpoint(folder, expect_kind="ws_search", expect_space="ptb_ws")
     assert isinstance(ckpt, WsSearchCheckpoint) and ckpt.step == 1 and len(ckpt.pool) == 8
-    assert ckpt.rounds == summary["rounds"] and ckpt.space.name == "ptb_ws"
+    assert [r["round"] for r in ckpt.rounds] == [0] and ckpt.space.name == "ptb_ws" and ckpt.strategy == "nao"
     np.testing.assert_array_equal(ckpt.supernet_state["params"]["cell_bank"],
-                                  search.supernet.state["params"]["cell_bank"])
-    assert jax.tree.structure(ckpt.controller_params) == jax.tree.structure(search.strategy.controller.params)
+                                  evaluator.supernet.state["params"]["cell_bank"])
+    assert jax.tree.structure(ckpt.controller_params) == jax.tree.structure(strategy.controller.params)
     # The meta records the controller's configuration: the predictor is rebuilt and predicts as the live one.
     archs = [ckpt.space.from_string(a) for a in ckpt.pool[:3]]
-    live = search.strategy.controller.predict(ckpt.space.tokens_batch(archs)).mean(axis=0)
+    live = strategy.controller.predict(ckpt.space.tokens_batch(archs)).mean(axis=0)
     np.testing.assert_allclose(ckpt.predict(archs), live, rtol=1e-5, atol=1e-6)
 
 

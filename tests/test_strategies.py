@@ -1,4 +1,6 @@
-"""Every strategy through the search loop on the NB201 table; replay, history, strategy details."""
+"""Every strategy through the search loop on the NB201 table: a growing pool replayed on resume, a
+bounded pool, and scores that change between rounds with checkpoints (a stand-in for a supernet);
+history; strategy details."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import pytest
 
 from nao.evaluators import Evaluation, Evaluator
 from nao.history import History, HistoryError
-from nao.search import SearchError, best_so_far, search
+from nao.models.checkpoint import CheckpointStore
+from nao.search import SearchError, SearchSettings, best_so_far, search
 from nao.spaces.base import InvalidArchitectureError, SearchSpace
 from nao.strategies import NAO_PRESETS, STRATEGIES, Pool, make_strategy
 from nao.strategies.evolution import RegularizedEvolution
@@ -20,6 +23,11 @@ from nao.strategies.local_search import LocalSearch
 from nao.strategies.nao import normalize_targets
 
 BUDGET = 30
+
+
+def budget(queries: int) -> SearchSettings:
+    """A table search's settings: only a query budget."""
+    return SearchSettings(queries=queries)
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +64,8 @@ def run(tmp_path_factory, make, nb201_space, nb201_evaluator):
     def run(name: str, seed: int, tag: str = "") -> tuple[list[dict], object]:
         if (name, seed, tag) not in done:
             path = tmp_path_factory.mktemp(f"{name}-{seed}{tag}") / "history.jsonl"
-            rows = search(nb201_space, make(name, nb201_space, seed), nb201_evaluator, BUDGET, History(path))
+            strategy = make(name, nb201_space, seed)
+            rows = search(nb201_space, strategy, nb201_evaluator, budget(BUDGET), History(path))
             done[name, seed, tag] = rows, path
         return done[name, seed, tag]
 
@@ -123,7 +132,7 @@ def test_resume_replays_the_history_and_evaluates_only_the_rest(run, make, name,
     history = History(path)
     assert len(history.rows) == cut
     evaluator = CountingEvaluator(nb201_evaluator)
-    rows = search(nb201_space, make(name, nb201_space, 0), evaluator, BUDGET, history)
+    rows = search(nb201_space, make(name, nb201_space, 0), evaluator, budget(BUDGET), history)
     assert arch_sequence(rows) == arch_sequence(full_rows)
     assert [(r["valid"], r["test"]) for r in rows] == [(r["valid"], r["test"]) for r in full_rows]
     assert [nb201_space.to_string(a) for a in evaluator.asked] == arch_sequence(full_rows)[cut:]
@@ -136,15 +145,92 @@ def test_resume_with_an_out_of_order_evaluator_matches_the_uninterrupted_run(mak
     """Evaluators may yield a batch's results in any order. A resumed NAO run must still
     propose what the uninterrupted run proposed, so it replays instead of re-evaluating."""
     full = search(nb201_space, make("nao", nb201_space, 0), CountingEvaluator(nb201_evaluator, reverse=True),
-                  BUDGET, History(tmp_path / "full.jsonl"))
+                  budget(BUDGET), History(tmp_path / "full.jsonl"))
     cut = 12
     lines = (tmp_path / "full.jsonl").read_text().splitlines(keepends=True)
     (tmp_path / "resumed.jsonl").write_text("".join(lines[:cut]))
     evaluator = CountingEvaluator(nb201_evaluator, reverse=True)
-    resumed = search(nb201_space, make("nao", nb201_space, 0), evaluator, BUDGET,
+    resumed = search(nb201_space, make("nao", nb201_space, 0), evaluator, budget(BUDGET),
                      History(tmp_path / "resumed.jsonl"))
     assert sorted(arch_sequence(resumed)) == sorted(arch_sequence(full))
     assert len(evaluator.asked) == BUDGET - cut
+
+
+# --- a bounded pool, and scores that change between rounds ---------------------------------------
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_a_bounded_pool_keeps_its_size_and_spends_the_budget_once(make, name, tmp_path, nb201_space,
+                                                                 nb201_evaluator):
+    settings = SearchSettings(queries=25, pool_size=8, per_round=3, random_per_round=1)
+    evaluator = CountingEvaluator(nb201_evaluator)
+    rows = search(nb201_space, make(name, nb201_space, 0), evaluator, settings, History(tmp_path / "h.jsonl"))
+    keys = [r["key"] for r in rows]
+    assert len(keys) == len(set(keys)) == 25  # fixed scores: a cell dropped and proposed again is reused
+    assert len(evaluator.asked) == 25 and [r["query"] for r in rows] == list(range(1, 26))
+    assert [r["round"] for r in rows[:8]] == [0] * 8  # the first pool: 8 random cells
+
+
+class DriftingEvaluator(Evaluator):
+    """A stand-in for a supernet: the table's scores plus the epochs trained, so every round scores
+    the pool anew; its state is the epoch count. ``die`` = ("epoch", e) kills it when training epoch
+    e, ("scores", n) after n scores."""
+
+    rescores = True
+
+    def __init__(self, inner: Evaluator, die: tuple[str, int] | None = None):
+        self.inner, self.die, self.epoch, self.scored = inner, die, 0, []
+
+    def train_round(self, archs, until_epoch):
+        while self.epoch < until_epoch:
+            if self.die == ("epoch", self.epoch + 1):
+                raise KeyboardInterrupt
+            self.epoch += 1
+            yield {"epoch": self.epoch, "train_loss": 1.0 / self.epoch, "seconds": 0.0}
+
+    def evaluate(self, archs):
+        for position, result in self.inner.evaluate(archs):
+            if self.die == ("scores", len(self.scored)):
+                raise KeyboardInterrupt
+            self.scored.append(archs[position])
+            yield position, Evaluation(result.valid + self.epoch, result.test, 0.0, {"epoch": self.epoch})
+
+    def save_state(self):
+        return {"epoch": np.asarray(self.epoch)}, {}
+
+    def load_state(self, arrays, facts):
+        self.epoch = int(arrays["epoch"])
+
+
+ROUNDS = SearchSettings(queries=0, epochs=6, round_epochs=2, pool_size=10, per_round=3, random_per_round=1)
+
+
+def drifting_search(make, name, space, evaluator, folder):
+    return search(space, make(name, space, 0), evaluator, ROUNDS, History(folder / "history.jsonl"),
+                  CheckpointStore(folder / "checkpoints"))
+
+
+@pytest.mark.parametrize("die", [("epoch", 4), ("scores", 25)], ids=["in_training", "while_scoring"])
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_a_killed_rescoring_search_resumes_from_its_checkpoint(make, name, die, tmp_path, nb201_space,
+                                                              nb201_evaluator):
+    full = drifting_search(make, name, nb201_space, DriftingEvaluator(nb201_evaluator), tmp_path / "full")
+    assert [r["round"] for r in full] == [0] * 10 + [1] * 10 + [2] * 10  # the whole pool, every round
+    assert [r["epoch"] for r in full] == [2] * 10 + [4] * 10 + [6] * 10  # scored after each round's training
+    killed = DriftingEvaluator(nb201_evaluator, die)
+    with pytest.raises(KeyboardInterrupt):
+        drifting_search(make, name, nb201_space, killed, tmp_path / "killed")
+    store = CheckpointStore(tmp_path / "killed" / "checkpoints")
+    # Killed in epoch 4 (round 1): epoch 3 was saved. Killed scoring round 2: the epochs up to 5 were.
+    assert store.latest_step() == (3 if die[0] == "epoch" else 5)
+    resumed = DriftingEvaluator(nb201_evaluator)
+    rows = drifting_search(make, name, nb201_space, resumed, tmp_path / "killed")
+    scores = [(r["round"], r["key"], r["valid"]) for r in full]
+    assert [(r["round"], r["key"], r["valid"]) for r in rows] == scores
+    assert len(killed.scored) + len(resumed.scored) == 30  # nothing scored twice
+    assert History(tmp_path / "killed" / "history.jsonl").rows == rows
+    again = DriftingEvaluator(nb201_evaluator)  # a finished search resumed: read back, nothing redone
+    assert drifting_search(make, name, nb201_space, again, tmp_path / "killed") == rows
+    assert again.scored == [] and again.epoch == 6
 
 
 # --- history --------------------------------------------------------------------------------------
@@ -280,7 +366,7 @@ def climb(space, arch, scores):
 def test_local_search_proposes_neighbours_of_the_current_arch_until_a_restart(tmp_path, seed):
     space = BitSpace()
     strategy = RecordingLocalSearch(space, seed)
-    rows = search(space, strategy, BitEvaluator(seed), 16, History(tmp_path / "h.jsonl"))
+    rows = search(space, strategy, BitEvaluator(seed), budget(16), History(tmp_path / "h.jsonl"))
     assert sorted(r["key"] for r in rows) == sorted(space.to_string(a) for a in BitEvaluator().scores)
     restarts = 0
     for before, after, proposed, scores in strategy.log:
@@ -303,10 +389,10 @@ def test_local_search_proposes_neighbours_of_the_current_arch_until_a_restart(tm
 @pytest.mark.parametrize("name", ["random", "evolution", "local"])
 def test_exhausted_space_raises_search_error(make, tmp_path, name):
     space = BitSpace()
-    rows = search(space, make(name, space, 0), BitEvaluator(), 16, History(tmp_path / "all.jsonl"))
+    rows = search(space, make(name, space, 0), BitEvaluator(), budget(16), History(tmp_path / "all.jsonl"))
     assert len({r["key"] for r in rows}) == 16
     with pytest.raises(SearchError, match="proposed no new architecture after 16 queries"):
-        search(space, make(name, space, 0), BitEvaluator(), 17, History(tmp_path / "more.jsonl"))
+        search(space, make(name, space, 0), BitEvaluator(), budget(17), History(tmp_path / "more.jsonl"))
 
 
 class RecordingEvolution(RegularizedEvolution):
@@ -326,7 +412,7 @@ class RecordingEvolution(RegularizedEvolution):
 
 def test_regularized_evolution_population_never_exceeds_its_size(tmp_path, nb201_space, nb201_evaluator):
     strategy = RecordingEvolution(nb201_space, 0, population_size=6, sample_size=3)
-    rows = search(nb201_space, strategy, nb201_evaluator, 40, History(tmp_path / "h.jsonl"))
+    rows = search(nb201_space, strategy, nb201_evaluator, budget(40), History(tmp_path / "h.jsonl"))
     assert len(rows) == 40
     assert max(strategy.sizes) == 6 and all(size <= 6 for size in strategy.sizes)
     assert strategy.population.maxlen == 6

@@ -1,7 +1,9 @@
-"""NAO-WS on the PTB space: a tiny search, a killed and resumed one, and bad input."""
+"""Weight sharing on the PTB space through the one search loop: NAO-WS (the NAO strategy) and random
+search with weight sharing side by side, a killed and resumed run, presets and seeds, the CLI, bad input."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import subprocess
@@ -12,93 +14,163 @@ import numpy as np
 import pytest
 from conftest import run_killed_then_resumed
 
-from nao.controller import PRESETS
 from nao.data.text import load_corpus
-from nao.models.lm_ws import LmSupernet, supernet_config
-from nao.spaces import get_space
-from nao.ws_search import WsSearch, ws_options
+from nao.experiment import ExperimentConfig, RunDirError, build_evaluator, run_experiment
+from nao.history import History
+from nao.models import lm_ws
+from nao.models.checkpoint import CheckpointError, CheckpointStore
+from nao.search import SearchSettings, search
+from nao.strategies import make_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
-OPTIONS = ws_options("ptb_ws", "smoke", epochs=3, round_epochs=1)
+SETTINGS = SearchSettings(queries=0, epochs=3, round_epochs=1, pool_size=8, per_round=3, random_per_round=1,
+                          top=3)
+STRATEGIES = ("nao", "random")
 
 
-def make_search(ptb_dir: Path, out: Path, options=OPTIONS) -> WsSearch:
-    corpus = load_corpus("ptb", ptb_dir)
-    supernet = LmSupernet(supernet_config("smoke"), corpus, seed=0, score_windows=2)
-    return WsSearch(get_space("ptb_ws"), supernet, PRESETS["smoke"], options, out,
-                    meta={"dataset": "ptb", "vocab_fingerprint": corpus.vocab.fingerprint})
+def ws_config(ptb_dir: Path, **changes) -> ExperimentConfig:
+    config = ExperimentConfig(space="ptb_ws", evaluator="supernet", preset="smoke", strategies=STRATEGIES,
+                              data_dir=str(ptb_dir), score_windows=2, search=SETTINGS)
+    return dataclasses.replace(config, **changes)
 
 
 @pytest.fixture(scope="module")
 def finished(ptb_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ws") / "run"
-    return out, make_search(ptb_dir, out).run()
+    return out, run_experiment(ws_config(ptb_dir), out)
 
 
-def history(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+def history(out: Path, strategy: str) -> list[dict]:
+    path = out / "histories" / strategy / "seed_0.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_every_round_scores_the_whole_pool_and_the_pool_changes(finished):
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_round_scores_the_whole_pool_and_the_pool_changes(finished, strategy):
     out, summary = finished
-    rows = history(out)
+    rows = history(out, strategy)
     rounds = [[r for r in rows if r["round"] == k] for k in range(3)]
-    assert [len(r) for r in rounds] == [OPTIONS.pool_size] * 3
-    for round_rows in rounds:
-        assert len({r["key"] for r in round_rows}) == OPTIONS.pool_size
+    assert [len(r) for r in rounds] == [SETTINGS.pool_size] * 3
+    for index, round_rows in enumerate(rounds):
+        assert len({r["key"] for r in round_rows}) == SETTINGS.pool_size
         assert all(r["valid"] == -r["valid_ppl"] and np.isfinite(r["valid_ppl"]) for r in round_rows)
+        assert all(r["epoch"] == index + 1 for r in round_rows)
     first, second = ({r["key"] for r in rounds[k]} for k in (0, 1))
-    replaced = OPTIONS.new_per_round + OPTIONS.random_per_round
+    replaced = SETTINGS.per_round + SETTINGS.random_per_round
     assert len(second - first) == replaced
     # The best cells of round 0 survive into round 1; the worst are the ones replaced.
     order = sorted(rounds[0], key=lambda r: r["valid_ppl"])
-    assert {r["key"] for r in order[:OPTIONS.pool_size - replaced]} <= second
-    assert [e["round"] for e in summary["rounds"]] == [0, 1, 2]
-    top = [e["valid_ppl"] for e in summary["top"]]
-    assert top == sorted(top) and len(top) == OPTIONS.final_top
+    assert {r["key"] for r in order[:SETTINGS.pool_size - replaced]} <= second
+    (seed,) = summary["strategies"][strategy]["seeds"]
+    assert [(e["round"], e["epoch"]) for e in seed["rounds"]] == [(0, 1), (1, 2), (2, 3)]
+    top = [e["valid_ppl"] for e in seed["top"]]
+    assert top == sorted(top) and len(top) == SETTINGS.top
     assert top[0] == min(r["valid_ppl"] for r in rounds[2])
+    assert summary["strategies"][strategy]["final_best_mean"] == pytest.approx(top[0], abs=1e-6)
+    assert (out / "searches" / strategy / "seed_0" / "checkpoints" / "3").is_dir()
+
+
+def test_the_run_directory_holds_both_searches(finished):
+    out, summary = finished
+    assert summary["curve"] == "round" and summary["score_name"] == "valid_ppl"
+    assert json.loads((out / "config.json").read_text())["preset"] == "smoke"
     assert (out / "search_curves.png").stat().st_size > 5_000 and (out / "best_cell.png").exists()
+    # One supernet per search, each initialised from the search's seed: the same first pool and
+    # weights, so both searches score round 0 alike; after that their pools differ.
+    nao, random = history(out, "nao"), history(out, "random")
+    assert [r["valid_ppl"] for r in nao[:8]] == [r["valid_ppl"] for r in random[:8]]
+    assert {r["key"] for r in nao[-8:]} != {r["key"] for r in random[-8:]}
 
 
-def test_the_supernet_learns_across_rounds(finished):
-    _, summary = finished
-    means = [r["mean_valid_ppl"] for r in summary["rounds"]]
-    assert means[-1] < means[0]
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_the_supernet_learns(finished, strategy):
+    out, _ = finished
+    with (out / "searches" / strategy / "seed_0" / "train.csv").open() as handle:
+        epochs = list(csv.DictReader(handle))
+    assert [int(e["epoch"]) for e in epochs] == [1, 2, 3]
+    assert float(epochs[-1]["train_loss"]) < float(epochs[0]["train_loss"])
 
 
-def test_a_killed_search_resumes_to_the_same_result(finished, ptb_dir, tmp_path):
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_killed_search_resumes_to_the_same_result(finished, ptb_dir, tmp_path, monkeypatch, strategy):
     _, reference = finished
     out = tmp_path / "killed"
-    summary = run_killed_then_resumed(lambda: make_search(ptb_dir, out))
-    assert summary["top"] == reference["top"]
-    assert summary["rounds"] == reference["rounds"]
-    rows = history(out)
-    assert len(rows) == 3 * OPTIONS.pool_size  # nothing scored twice
+    config = ws_config(ptb_dir, strategies=(strategy,))
+    summary = run_killed_then_resumed(monkeypatch, lm_ws.LmSupernet, config, out)
+    assert summary["strategies"][strategy] == reference["strategies"][strategy]
+    assert len(history(out, strategy)) == 3 * SETTINGS.pool_size  # nothing scored twice
 
 
-def test_resume_refuses_other_options(finished, ptb_dir):
+def test_resume_refuses_other_settings(finished, ptb_dir):
     out, _ = finished
-    other = make_search(ptb_dir, out, dataclasses.replace(OPTIONS, pool_size=9))
-    with pytest.raises(ValueError, match="options"):
-        other.resume()
+    other = dataclasses.replace(SETTINGS, pool_size=9)
+    with pytest.raises(RunDirError, match="differs in: search.pool_size"):
+        run_experiment(ws_config(ptb_dir, search=other), out, resume=True)
+    # The search's own checkpoint refuses them too.
+    setup = build_evaluator(ws_config(ptb_dir).resolved())
+    store = CheckpointStore(out / "searches" / "random" / "seed_0" / "checkpoints", create=False)
+    with pytest.raises(CheckpointError, match="settings"):
+        search(setup.space, make_strategy("random", setup.space, 0), setup.make(0), other, History(None),
+               store)
 
 
-def test_options_are_checked():
-    with pytest.raises(ValueError, match="must be below pool_size"):
-        dataclasses.replace(OPTIONS, new_per_round=8).validate()
+def test_settings_and_presets_are_checked():
+    with pytest.raises(ValueError, match="must leave room in search.pool_size=8"):
+        dataclasses.replace(SETTINGS, per_round=7).validate()
     with pytest.raises(ValueError, match="round_epochs"):
-        dataclasses.replace(OPTIONS, round_epochs=5).validate()
+        dataclasses.replace(SETTINGS, round_epochs=5).validate()
+    with pytest.raises(ValueError, match="unknown preset 'default' for evaluator 'supernet': choose one of "
+                                         "paper, smoke"):
+        ExperimentConfig(space="ptb_ws", evaluator="supernet", preset="default").resolved()
+    paper = ExperimentConfig(space="ptb_ws", evaluator="supernet").resolved()
+    assert paper.preset == "paper" and paper.search.pool_size == 1000 and paper.search.random_per_round == 50
+    cifar = ExperimentConfig(space="cifar_ws", evaluator="supernet").resolved()
+    assert (cifar.search.epochs, cifar.search.round_epochs, cifar.nao.max_eta) == (150, 30, 50)
+    assert ExperimentConfig().resolved().preset == "default"
+
+
+def test_the_scored_windows_come_from_split_seed_alone(ptb_dir):
+    corpus = load_corpus("ptb", ptb_dir)
+    recipe = lm_ws.SUPERNET_PRESETS["smoke"]
+    streams = {(seed, split): lm_ws.LmSupernet(recipe, corpus, seed, 2, split).score_stream
+               for seed, split in ((0, 0), (1, 0), (0, 1))}
+    np.testing.assert_array_equal(streams[0, 0], streams[1, 0])
+    assert not np.array_equal(streams[0, 0], streams[0, 1])
+    np.testing.assert_array_equal(np.sort(streams[0, 1]), np.sort(corpus.valid))  # a rotation of it
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "run_nao.py"), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_runs_nao_and_random_in_one_command(ptb_dir, tmp_path):
+    out = tmp_path / "cli"
+    args = ("--space=ptb_ws", "--evaluator=supernet", "--strategies=nao,random", "--preset=smoke",
+            "--score_windows=2", f"--data_dir={ptb_dir}", f"--output_dir={out}")
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["strategies"]) == {"nao", "random"} and summary["preset"] == "smoke"
+    for entry in summary["strategies"].values():
+        assert len(entry["seeds"][0]["rounds"]) == 2 and len(entry["seeds"][0]["top"]) == 3
+    assert "--mode=train --space=ptb " in result.stdout
+    again = run_cli(*args)
+    assert again.returncode == 2 and "already holds this run" in again.stderr
+    assert json.loads((out / "summary.json").read_text()) == summary  # nothing overwritten
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--space=nb201", "--evaluator=supernet"], "--space=nb201 has no supernet"),
-    (["--space=ptb_ws", "--evaluator=supernet"], "needs --data_dir"),
-    (["--space=ptb_ws", "--evaluator=oracle"], "unknown --evaluator=oracle"),
+    (["--space=nb201", "--evaluator=supernet"], "space 'nb201' has no supernet"),
+    (["--space=ptb_ws", "--evaluator=supernet"], "needs data_dir"),
+    (["--space=ptb_ws", "--evaluator=supernet", "--preset=default"],
+     "unknown preset 'default' for evaluator 'supernet': choose one of paper, smoke"),
+    (["--space=ptb_ws", "--evaluator=oracle"], "unknown evaluator 'oracle'"),
     (["--space=ptb_ws"], "has no tabular evaluator"),
 ])
-def test_cli_bad_input(args, needle):
-    result = subprocess.run([sys.executable, str(ROOT / "run_nao.py"), *args], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120)
+def test_cli_bad_input(args, needle, tmp_path):
+    result = run_cli(*args, f"--output_dir={tmp_path / 'run'}")
     assert result.returncode == 2
     last = [line for line in result.stderr.splitlines() if line.strip()][-1]
     assert last.startswith("error: ") and needle in last, result.stderr[-2000:]
+    assert not (tmp_path / "run").exists()

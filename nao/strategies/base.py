@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Hashable
+from typing import Any
 
 import numpy as np
 
@@ -25,8 +26,9 @@ class Pool:
     def __contains__(self, arch: Hashable) -> bool:
         return self.space.key(arch) in self._index
 
-    def add(self, arch: Hashable, score: float) -> None:
-        self._index[self.space.key(arch)] = len(self.archs)
+    def add(self, arch: Hashable, score: float, key: str | None = None) -> None:
+        """Add ``arch``; ``key``, when the caller has it, saves computing ``space.key`` again."""
+        self._index[self.space.key(arch) if key is None else key] = len(self.archs)
         self.archs.append(arch)
         self.scores.append(score)
 
@@ -58,10 +60,12 @@ class Strategy(abc.ABC):
     """Proposes architectures from the pool; the loop evaluates and records them.
 
     ``propose`` returns at most ``count`` distinct architectures that are not
-    in the pool yet; every one of them is then evaluated and added to the
-    pool before the next call. All randomness comes from ``seed``, so a run is
-    a deterministic function of (seed, evaluations), which is what lets a
-    killed search resume by replaying its history.
+    in the pool yet; the loop scores them and adds them to the pool before the
+    next call (a bounded pool also drops its worst members, so an architecture
+    proposed earlier may be gone from it). All randomness comes from ``seed``,
+    so a run is a deterministic function of (seed, evaluations): a killed table
+    search resumes by replaying its history. A search that checkpoints (a
+    supernet's) saves ``save_state`` instead and continues from ``load_state``.
     """
 
     name: str
@@ -74,3 +78,18 @@ class Strategy(abc.ABC):
     @abc.abstractmethod
     def propose(self, pool: Pool, count: int) -> list[Hashable]:
         """At most ``count`` new architectures to evaluate next."""
+
+    def save_state(self) -> tuple[Any, dict[str, Any]]:
+        """(arrays, facts): a pytree of arrays (None: none) and JSON values from which a strategy of
+        the same space and seed continues exactly where this one is."""
+        return None, {"rng": self.rng.bit_generator.state}
+
+    def load_state(self, arrays: Any, facts: dict[str, Any]) -> None:
+        """Continue from what ``save_state`` returned."""
+        self.rng.bit_generator.state = facts["rng"]
+
+    def _to_strings(self, archs) -> list[str]:
+        return [self.space.to_string(a) for a in archs]
+
+    def _from_strings(self, strings: list[str]) -> list[Hashable]:
+        return [self.space.from_string(s) for s in strings]

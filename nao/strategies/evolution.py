@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import math
+from typing import Any
 
 from nao.strategies.base import Pool, Strategy, sample_unseen
 
@@ -10,7 +12,8 @@ from nao.strategies.base import Pool, Strategy, sample_unseen
 class RegularizedEvolution(Strategy):
     """Population of the ``population_size`` most recent members; each child mutates
     the best of ``sample_size`` members drawn at random. A child that was evaluated
-    before joins the population at no cost (repeats are free), as in the peers' protocol."""
+    before joins the population at no cost (repeats are free), as in the peers' protocol.
+    One child a call: under a bounded pool a member the pool dropped ranks last."""
 
     name = "evolution"
 
@@ -24,12 +27,16 @@ class RegularizedEvolution(Strategy):
     def propose(self, pool: Pool, count: int) -> list:
         self.population.extend(self._pending)  # last call's children, now evaluated
         self._pending = []
+        if not self.population:  # a pool the loop started (a bounded one) is the first population
+            self.population.extend(pool.archs[-self.population_size:])
         if len(pool) < self.population_size:
             self._pending = sample_unseen(self.space, pool, self.rng, 1)
             return self._pending
         for _ in range(10_000):
-            picks = self.rng.choice(len(self.population), self.sample_size, replace=False)
-            parent = max((self.population[i] for i in picks), key=pool.score)
+            picks = self.rng.choice(len(self.population), min(self.sample_size, len(self.population)),
+                                    replace=False)
+            parent = max((self.population[i] for i in picks),
+                         key=lambda a: pool.score(a) if a in pool else -math.inf)
             child = self.space.mutate(parent, self.rng)
             if child in pool:
                 self.population.append(child)
@@ -38,3 +45,14 @@ class RegularizedEvolution(Strategy):
             return self._pending
         self._pending = sample_unseen(self.space, pool, self.rng, 1)
         return self._pending
+
+    def save_state(self) -> tuple[Any, dict[str, Any]]:
+        arrays, facts = super().save_state()
+        return arrays, {**facts, "population": self._to_strings(self.population),
+                        "pending": self._to_strings(self._pending)}
+
+    def load_state(self, arrays: Any, facts: dict[str, Any]) -> None:
+        super().load_state(arrays, facts)
+        self.population.clear()
+        self.population.extend(self._from_strings(facts["population"]))
+        self._pending = self._from_strings(facts["pending"])

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from nao.strategies.base import Pool, Strategy, sample_unseen
 
 
 class LocalSearch(Strategy):
     """Evaluate the current architecture's neighbours one at a time in random order
     and move to the first that improves on it; on a local optimum (no neighbour
-    better) restart from a fresh random architecture."""
+    better) restart from a fresh random architecture. Under a bounded pool, a current
+    architecture the pool dropped ends the climb as well."""
 
     name = "local"
 
@@ -18,6 +21,8 @@ class LocalSearch(Strategy):
 
     def propose(self, pool: Pool, count: int) -> list:
         while True:
+            if self.current is not None and self.current not in pool:
+                self.current = None
             if self.current is None:
                 start = sample_unseen(self.space, pool, self.rng, 1)
                 self.current = start[0] if start else None
@@ -31,3 +36,12 @@ class LocalSearch(Strategy):
             if unseen:
                 return [unseen[self.rng.integers(len(unseen))]]
             self.current = None
+
+    def save_state(self) -> tuple[Any, dict[str, Any]]:
+        arrays, facts = super().save_state()
+        current = None if self.current is None else self.space.to_string(self.current)
+        return arrays, {**facts, "current": current}
+
+    def load_state(self, arrays: Any, facts: dict[str, Any]) -> None:
+        super().load_state(arrays, facts)
+        self.current = None if facts["current"] is None else self.space.from_string(facts["current"])

@@ -1,12 +1,13 @@
 """NAO: fit the controller on the pool, move seeds uphill in embedding space, decode.
 
-Two presets share this code. ``paper`` is reference §3 as the original runs
-it: the top seeds, eta = 1, 2, 3 ... until enough new architectures decode,
-taken in the order they appear. ``default`` adds what the NAS-Bench-201
-benchmark shows pays off under small budgets: an ensemble of controllers,
-rank-normalised targets, a fixed ladder of step sizes decoded in one call, and
-a choice among all decoded candidates by independent Thompson sampling from
-the ensemble's predictions (mean and spread), as BANANAS chooses. Half of
+Two presets share this code. ``paper`` is the method of Luo et al. (2018) as
+NAO_V1's ``train_search.py`` runs it: the top seeds, eta = 1, 2, 3 ... until
+enough new architectures decode, taken in the order they appear. ``default``
+adds what the NAS-Bench-201 benchmark shows pays off under small budgets: an
+ensemble of controllers, rank-normalised targets, a fixed ladder of step sizes
+decoded in one call, and a choice among all decoded candidates by independent
+Thompson sampling from the ensemble's predictions (mean and spread), as
+BANANAS chooses. Half of
 each batch (``local_slots``) is chosen the same way among the unseen one-edit
 neighbours of the best architecture so far, so the incumbent's neighbourhood
 is explored even where the predictor, fitted on few architectures, misranks it.
@@ -15,6 +16,7 @@ is explored even where the predictor, fitted on few architectures, misranks it.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import numpy as np
@@ -110,6 +112,20 @@ class NaoStrategy(Strategy):
                      if self.space.key(a) not in taken]
             chosen += extra[:count - len(chosen)]
         return chosen
+
+    def save_state(self) -> tuple[Any, dict[str, Any]]:
+        """The controller (warm-started from round to round) and its configuration, the iteration
+        (which keys the controller's randomness) and the generator of the other draws."""
+        arrays, facts = super().save_state()
+        controller = {"params": self.controller.params, "opt_state": self.controller.opt_state}
+        return controller, {**facts, "iteration": self.iteration, "last_fit": self.last_fit,
+                             "controller": dataclasses.asdict(self.controller.config)}
+
+    def load_state(self, arrays: Any, facts: dict[str, Any]) -> None:
+        super().load_state(arrays, facts)
+        self.controller.params = jax.tree.map(np.asarray, arrays["params"])
+        self.controller.opt_state = jax.tree.map(np.asarray, arrays["opt_state"])
+        self.iteration, self.last_fit = facts["iteration"], facts["last_fit"]
 
     def _decode_new(self, pool: Pool, seeds: np.ndarray, etas: np.ndarray, taken: set) -> list:
         """New valid architectures decoded from every (member, eta, seed), in that order."""
