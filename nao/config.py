@@ -174,6 +174,10 @@ _CHILD = {"child_epochs", "child_lr", "child_batch_size", "child_max_steps", "ch
           "child_channels", "child_layers", "child_seed", "child_sync_bn", "child_valid_images"}
 _COMMON = {"mode", "output_dir", "resume", "set", "compilation_cache_dir", "multihost",
            "coordinator_address", "num_processes", "process_id"}
+# The flag of a field whose name differs from it (the others: the field's own name, or --set).
+_FIELD_FLAGS = {"search.queries": "queries", "supernet_lr": "child_lr", "seed": "first_seed",
+                **{f"controller.{n}": n for n in _CONTROLLER}, **{f"nao.{n}": n for n in _NAO},
+                **{n: n for n in _SEARCH | {"holdout", "targets", "preset", "space"}}}
 MODE_VALUES = {
     "search": _COMMON | _SEARCH | _CONTROLLER | _NAO,
     "evaluate": _COMMON | {"space", "arch", "benchmark_file", "valid_key", "test_key"},
@@ -204,6 +208,13 @@ def assemble(values: Mapping[str, Any], overrides: tuple[str, ...] = ()) -> RunC
     _check_output_dir(Path(output_dir), values)
     config = RunConfig(mode=mode, output_dir=output_dir, resume=values.get("resume", False), job=job,
                        arch=values.get("arch") if mode == "evaluate" else None)
+    try:
+        check(config.job)
+    except ConfigError as err:
+        field = str(err).split("=", 1)[0]
+        flag = _FIELD_FLAGS.get(field) or (f"child_{field.removeprefix('recipe.')}"
+                                            if f"child_{field.removeprefix('recipe.')}" in _CHILD else None)
+        raise ConfigError(f"{err} (--{flag or 'set=' + field + '=...'})") from None
     check(config)
     _check_job(config)
     return config
@@ -306,9 +317,15 @@ def _check_job(config: RunConfig) -> None:
             job.validate()
         except ValueError as err:
             raise ConfigError(str(err)) from None
+        if "nao" in job.strategies and not job.search.pool_size and job.nao.init_size < 1:
+            raise ConfigError("nao.init_size=0: NAO needs at least one random architecture to fit its first "
+                              "controller on when the loop keeps no pool of its own (--init_size)")
     if isinstance(job, TrainJob) and job.dataset not in space_task(job.space).datasets:
         raise ConfigError(f"dataset={job.dataset} does not fit space={job.space}: choose one of "
                           f"{', '.join(space_task(job.space).datasets)}")
+
+
+_KIND_WORDS = {bool: "true or false", int: "an integer", float: "a number", tuple: "a comma list"}
 
 
 def _override(job: Any, item: str) -> Any:
@@ -349,5 +366,5 @@ def _parse(text: str, hint: Any, current: Any, path: str) -> Any:
         if kind in (int, float, str):
             return kind(text)
     except ValueError:
-        raise ConfigError(f"--set={path}={text}: expected a {kind.__name__}") from None
+        raise ConfigError(f"--set={path}={text}: expected {_KIND_WORDS.get(kind, kind.__name__)}") from None
     raise ConfigError(f"--set={path}: a {type(current).__name__} field cannot be set from the command line")

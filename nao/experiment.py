@@ -246,6 +246,10 @@ def run_experiment(config: ExperimentConfig, output_dir: str | os.PathLike, resu
     config.validate()
     output_dir = Path(output_dir).absolute()
     setup = build_evaluator(config)
+    cells = setup.facts.get("cells")
+    if cells and config.search.queries > cells:
+        raise ValueError(f"search.queries={config.search.queries} exceeds the {cells} architectures of the "
+                         "table: lower it")
     prepare_run_dir(output_dir, config, resume)
     space = setup.space
     runs: dict[str, list[list[dict]]] = {}

@@ -55,7 +55,7 @@ def build_table(config: ExperimentConfig) -> EvaluatorSetup:
     if config.space == "nb201":
         table = load_nb201_table(config.benchmark_file, config.valid_key, config.test_key)
         best = int(np.argmax(table.valid))
-        facts = {"table": table.path, "optimum_valid": float(table.valid.max()),
+        facts = {"table": table.path, "cells": len(table.valid), "optimum_valid": float(table.valid.max()),
                  "optimum_test": float(table.test.max()), "test_of_best_valid": float(table.test[best])}
         evaluator = Nb201TableEvaluator(table)
         return EvaluatorSetup(get_space("nb201"), facts, lambda seed: evaluator)
