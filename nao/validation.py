@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 
@@ -43,8 +43,9 @@ def number(low: float | None = None, high: float | None = None, *, above: float 
     return rule
 
 
-def choice(options: Iterable[str]) -> Rule:
-    options = tuple(options)
+def choice(options: Iterable[Any]) -> Rule:
+    """One of ``options``; a registry (a dict) is read when checking, so later entries count."""
+    options = options if isinstance(options, Mapping) else tuple(options)
 
     def rule(value: Any) -> str | None:
         return None if value in options else f"one of {', '.join(map(str, options))}"
