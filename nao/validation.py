@@ -69,7 +69,7 @@ def each(inner: Rule) -> Rule:
         for item in value:
             wrong = inner(item)
             if wrong:
-                return f"a list of {wrong.removeprefix('a ').removeprefix('an ')}s"
+                return f"a non-empty list with each item {wrong} ({item!r} is not)"
         return None
 
     return rule

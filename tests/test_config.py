@@ -59,7 +59,7 @@ def test_presets_then_the_values_given_then_field_overrides():
     ({"learning_rate": float("nan")}, (), r"^controller\.learning_rate=nan .* finite"),
     ({"trade_off": 1.5}, (), r"^controller\.trade_off=1\.5 .* in \[0\.0, 1\.0\]"),
     ({"acquisition": "best"}, (), r"^nao\.acquisition='best' .* one of its, mean, ucb, none"),
-    ({"strategies": ["nao", "bogus"]}, (), r"^strategies=\('nao', 'bogus'\) .* a list of one of"),
+    ({"strategies": ["nao", "bogus"]}, (), r"^strategies=\('nao', 'bogus'\) .* each item one of nao, .* \('bogus' is not\)"),
     ({"seeds": 0}, (), r"^seeds=0 .* >= 1 \(--seeds\)$"),
     ({"space": "nb999"}, (), r"unknown space 'nb999'|space='nb999' is out of range"),
     ({"init_size": 0, "preset": "smoke"}, (), r"^nao\.init_size=0: NAO needs"),
