@@ -30,6 +30,7 @@ from nao.models.checkpoint import CheckpointError
 from nao.models.cnn_train import CNN_PRESETS
 from nao.models.cnn_ws import CifarSupernet
 from nao.models.cnn_ws import supernet_config as cnn_supernet_config
+from nao.models.files import DISK_FULL
 from nao.models.lm_train import LM_PRESETS
 from nao.models.lm_ws import LmSupernet
 from nao.models.lm_ws import supernet_config as lm_supernet_config
@@ -309,6 +310,13 @@ def main(argv: list[str]) -> int:
         summary = run_experiment(config, output_dir, resume=FLAGS.resume)
     except _USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno in DISK_FULL:
+            print(f"error: no space left on device while writing {err.filename or 'the run directory'}: "
+                  "free space and rerun with --resume", file=sys.stderr)
+        else:
+            print(f"error: {err}", file=sys.stderr)
         return 2
     metric = "test" if all("final_test_mean" in e for e in summary["strategies"].values()) else "valid"
     print(f"\n{summary['space']}, {summary['queries']} queries, {summary['seeds']} seed(s); "
