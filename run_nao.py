@@ -14,7 +14,6 @@ value out of range, a flag that does not apply to the mode, a misspelled flag: o
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import sys
@@ -30,6 +29,7 @@ from nao.evaluators import EVALUATORS
 from nao.experiment import RunDirError
 from nao.history import HistoryError
 from nao.models.checkpoint import CheckpointError
+from nao.models.files import DISK_FULL
 from nao.models.tasks import TASKS
 from nao.models.training import TrainingDivergedError
 from nao.search import SearchError
@@ -189,11 +189,11 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 130
     except OSError as err:
-        full = err.errno in (errno.ENOSPC, errno.EDQUOT)
-        what = "no space left on device" if full else (err.strerror or type(err).__name__)
-        where = f" while writing {err.filename}" if err.filename else ""
-        print(f"error: {what}{where}: {'free space' if full else 'fix it'} and rerun with --resume",
-              file=sys.stderr)
+        if err.errno in DISK_FULL:
+            print(f"error: no space left on device while writing {err.filename or 'the run directory'}: "
+                  "free space and rerun with --resume", file=sys.stderr)
+        else:
+            print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     print("\n".join(lines))
     return 0

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+# A full disk, or a full quota: the run can go on once space is freed.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def is_primary() -> bool:
@@ -16,6 +22,28 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
+def disk_full(err: BaseException) -> int | None:
+    """ENOSPC or EDQUOT when ``err`` reports a full disk or quota, else None: an OSError, or a
+    TensorStore error (Orbax raises those as ValueError) that quotes the OS error."""
+    if isinstance(err, OSError):
+        return err.errno if err.errno in DISK_FULL else None
+    text = str(err)
+    quoted = (code for code in DISK_FULL if os.strerror(code) in text or f"os_error_code='{code}'" in text)
+    return next(quoted, None)
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Name ``path`` in an OSError raised inside that names no file: a write or a close that fails
+    after the open did (a full disk) says nothing of where."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None or err.errno is None:
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from None
+
+
 def write_json(path: str | os.PathLike, payload: Any) -> None:
     """Write JSON through a temporary file and a rename, so a reader never sees half a file. In a
     multi-host job only process 0 writes."""
@@ -23,5 +51,6 @@ def write_json(path: str | os.PathLike, payload: Any) -> None:
         return
     path = Path(path)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    with writing(path):
+        tmp.write_text(json.dumps(payload, indent=1) + "\n")
     os.replace(tmp, path)

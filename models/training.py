@@ -12,7 +12,8 @@ it needs at the end of an epoch. ``train(task, output_dir)`` does the rest, the 
   validation metric, or the last epoch's when the task has no validation split: a test split is only
   reported, never used to choose;
 * a NaN or infinite loss stops the run with ``TrainingDivergedError`` before anything is saved, so the
-  last checkpoint is a good one;
+  last checkpoint is a good one; a full disk stops it with an ``OSError`` (ENOSPC) naming the file or
+  checkpoint it was writing, with the checkpoints before kept for a resume;
 * progress is logged at most every ``log_seconds`` and at each epoch's end, with the rate and an ETA.
 """
 
@@ -34,7 +35,7 @@ import numpy as np
 
 from nao.models import parallel
 from nao.models.checkpoint import CheckpointStore
-from nao.models.files import is_primary, write_json
+from nao.models.files import is_primary, write_json, writing
 
 log = logging.getLogger("nao")
 
@@ -208,7 +209,8 @@ def train(task: Task, output_dir: str | os.PathLike, *, resume: bool = False,
     state, saved = start_or_resume(store, like, weight_meta, resume, out)
     progress = saved or fresh_progress
     best = state.pop("best")
-    task.write_run_files(out)
+    with writing(out):
+        task.write_run_files(out)
     # The checkpoint's history is the record: rows of epochs after it (a run killed while saving) go.
     write_csv(out / "metrics.csv", progress["history"])
     replicated = parallel.replicate(state)
@@ -460,7 +462,7 @@ def append_csv(path: Path, row: dict[str, Any]) -> None:
     if not is_primary():
         return
     new = not path.exists()
-    with path.open("a", newline="") as handle:
+    with writing(path), path.open("a", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(row))
         if new:
             writer.writeheader()

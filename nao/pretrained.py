@@ -10,10 +10,10 @@ description), ``state`` (the saved pytree, NumPy arrays) and, by kind, what it t
 * ``ws_search`` (a NAO-WS search): the space, the last pool and its rounds.
 
 Every problem with the input (no checkpoint there, another format version, a truncated or damaged
-state, another kind, space or dataset than the caller expects, weights that do not fit the model)
-raises ``CheckpointError`` with one line naming what was found and what was expected. Trained models
-are rebuilt from their meta by their task family (``nao.models.tasks.rebuild``), as the trainer
-built them.
+state, found by the SHA-256 of every state file its meta records, another kind, space or dataset than
+the caller expects, weights that do not fit the model) raises ``CheckpointError`` with one line naming
+what was found and what was expected. Trained models are rebuilt from their meta by their task
+family (``nao.models.tasks.rebuild``), as the trainer built them.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from nao.models.checkpoint import FORMAT_VERSION, CheckpointError, CheckpointStore, check_meta
 from nao.ranking import scores_to_metric
@@ -317,21 +316,22 @@ def load_checkpoint(path: str | Path, step: int | None = None, *, expect_kind: s
     checkpoint whose meta says otherwise. Raises ``CheckpointError`` (one line) on every bad input.
     """
     folder, folder_step = resolve(path)
-    steps = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
+    store = CheckpointStore(folder, create=False)
+    steps = store.steps()
     if not steps:
         entries = sorted(p.name for p in folder.iterdir())[:5]
         found = f"found {', '.join(entries)}" if entries else "found an empty folder"
         raise CheckpointError(f"no checkpoint in {folder}: {found}; expected numbered step folders holding "
                               "state/ and meta/ (the checkpoints/ folder of a training or search run)")
     step = folder_step if step is None else step
-    step = max(steps) if step is None else step
+    step = steps[-1] if step is None else step
     if step not in steps:
-        raise CheckpointError(f"{folder} has no step {step}: found steps {sorted(steps)}")
+        raise CheckpointError(f"{folder} has no step {step}: found steps {steps}")
     where = folder / str(step)
-    meta = CheckpointStore(folder, create=False).read_meta(step)
+    meta = store.read_meta(step)
     wanted = {"kind": expect_kind, "space": expect_space, "dataset": expect_dataset, **(expect or {})}
     check_meta(meta, {k: v for k, v in wanted.items() if v is not None}, where)
-    state = _restore(where, meta)
+    state = _restore(store, step, meta)
     cls = _CLASSES.get(meta.get("kind"), Checkpoint)
     checkpoint = cls(where, meta.get("kind"), step, meta, state)
     if cls is not Checkpoint:
@@ -360,29 +360,20 @@ def _shape_table(tree) -> dict[str, list[int]]:
     return {_normal_key(jax.tree_util.keystr(p)): list(np.shape(leaf)) for p, leaf in leaves}
 
 
-def _restore(where: Path, meta: dict[str, Any]) -> Any:
-    """The saved pytree as NumPy arrays, checked against every leaf shape the meta lists."""
+def _restore(store: CheckpointStore, step: int, meta: dict[str, Any]) -> Any:
+    """The saved pytree as NumPy arrays (its files verified by the store), checked against every leaf
+    shape the meta lists."""
     listed = {_normal_key(k): v for k, v in meta.get("shapes", {}).items()}
-    try:
-        manager = ocp.CheckpointManager(where.parent, options=ocp.CheckpointManagerOptions(create=False))
-        state = manager.restore(int(where.name), args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-        state = state["state"]
-    except Exception as err:  # Orbax and TensorStore raise many types for missing or cut files
-        reason = " ".join(str(err).split())
-        reason = re.sub(r" \[tensorstore_spec=.*", "", reason)[:160]
-        raise CheckpointError(f"checkpoint {where} is truncated or damaged: reading its state failed "
-                              f"({type(err).__name__}: {reason}); expected the {len(listed)} arrays its "
-                              "meta lists. Copy it again, or delete that step folder to fall back to the "
-                              "previous one") from None
+    state = store.read_state(step)
     found = _shape_table(state)
     if found != listed:
         missing = sorted(set(listed) - set(found))
         differing = missing or sorted(k for k in found if listed.get(k) != found[k])
         name = differing[0]
-        raise CheckpointError(f"checkpoint {where} is truncated or damaged: {name} is "
+        raise CheckpointError(f"checkpoint {store.directory / str(step)} is truncated or damaged: {name} is "
                               f"{found.get(name, 'missing')} in its state, its meta lists "
                               f"{listed.get(name, 'nothing')}")
-    return jax.tree.map(np.asarray, state)
+    return state
 
 
 def _check_fits(checkpoint: Checkpoint, tree, like, what: str) -> None:

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import io
 import json
+import os
+import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,7 +32,7 @@ from nao.pretrained import PRETRAINED, CnnCheckpoint, ControllerCheckpoint, LmCh
 from nao.ranking import kendall_tau
 
 ROOT = Path(__file__).resolve().parents[1]
-# Orbax's reader threads complain at exit about damaged checkpoints they were asked to read.
+# Orbax's reader threads complain late about a damaged checkpoint without checksums it was asked to read.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 NONE_CELL = "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"
 POOL_CELL = "|avg_pool_3x3~0|+|avg_pool_3x3~0|avg_pool_3x3~1|+|avg_pool_3x3~0|avg_pool_3x3~1|avg_pool_3x3~2|"
@@ -309,17 +313,26 @@ def test_another_format_version(lm_run, tmp_path, version):
     one_line_error(info, f"format version {version}", f"reads {FORMAT_VERSION}")
 
 
-@pytest.mark.parametrize("damage", ["delete", "cut"])
+@pytest.mark.parametrize("damage", ["delete", "cut", "cut_unverified"])
 def test_a_truncated_state(lm_run, tmp_path, damage):
     copy, step = copy_run(lm_run[0], tmp_path)
     biggest = max((p for p in (step / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    name = biggest.relative_to(step).as_posix()
     if damage == "delete":
         biggest.unlink()
+        problem = f"{name} is missing"
     else:
+        size = biggest.stat().st_size
         biggest.write_bytes(biggest.read_bytes()[:100])
+        problem = f"{name} is 100 bytes, {size} when it was saved"
+    if damage == "cut_unverified":  # written before checksums: Orbax finds the damage
+        meta = json.loads((step / "meta" / "metadata").read_text())
+        del meta["state_files"]
+        (step / "meta" / "metadata").write_text(json.dumps(meta))
+        problem = "reading its state failed"
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(copy)
-    one_line_error(info, "truncated or damaged", "reading its state failed", "expected the")
+    one_line_error(info, f"checkpoint {step} is truncated or damaged: {problem}", "no earlier step is kept")
 
 
 def test_a_state_without_its_metadata(lm_run, tmp_path):
@@ -327,7 +340,7 @@ def test_a_state_without_its_metadata(lm_run, tmp_path):
     (step / "state" / "_METADATA").unlink()
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(copy)
-    one_line_error(info, "truncated or damaged", "FileNotFoundError")
+    one_line_error(info, "truncated or damaged: state/_METADATA is missing")
 
 
 def test_another_space_dataset_or_kind(lm_run):
@@ -381,20 +394,75 @@ def test_a_vocabulary_file_of_another_run(lm_run, tmp_path):
     one_line_error(info, "vocabulary fingerprint", "(3 words), the checkpoint expects")
 
 
-def test_transfer_from_a_bad_checkpoint_is_one_line(lm_run, controller_run, wt2_dir, tmp_path):
-    """run_nao.py --mode=transfer --from_checkpoint=...: each bad checkpoint stops with one line, exit 2."""
+# In one process: run_nao.main for each argument list of argv[1] (JSON), as `python run_nao.py ARGS`
+# would, then load_checkpoint on each path of argv[2] (JSON), printing its error as main does; exit codes
+# to stdout. One process, so that whatever threads of an earlier call print late shows as well.
+CLI_RUNS = """
+import json, sys
+import run_nao
+from nao import CheckpointError, load_checkpoint
+for args in json.loads(sys.argv[1]):
+    argv = ["run_nao.py", *args, "--compilation_cache_dir="]
+    run_nao.FLAGS.unparse_flags()
+    run_nao.FLAGS(argv)
+    print(run_nao.main(argv[:1]))
+for path in json.loads(sys.argv[2]):
+    try:
+        load_checkpoint(path)
+        print(0)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        print(2)
+"""
+LOG_LINE = re.compile(r"^([IW]\d|WARNING:)")  # absl and JAX log lines
+
+
+def test_a_bad_checkpoint_prints_one_line(lm_run, controller_run, wt2_dir, tmp_path):
+    """run_nao.py --mode=transfer --from_checkpoint=... (and load_checkpoint): each bad checkpoint stops
+    with one line on stderr, log lines aside. A missing manifest and a cut data file, which Orbax's reader
+    threads used to follow with "Event loop is closed" tracebacks now and then, are read several times."""
     newer, newer_step = copy_run(lm_run[0], tmp_path / "newer")
     edit_meta(newer_step, format_version=FORMAT_VERSION + 1)
+    no_manifest, no_manifest_step = copy_run(lm_run[0], tmp_path / "manifest")
+    (no_manifest_step / "state" / "manifest.ocdbt").unlink()
     cut, cut_step = copy_run(lm_run[0], tmp_path / "cut")
     for path in (cut_step / "state").rglob("*"):
         if path.is_file() and path.stat().st_size > 200:
             path.write_bytes(path.read_bytes()[:100])
+    damaged = [(no_manifest, "truncated or damaged: state/manifest.ocdbt is missing"),
+               (cut, "truncated or damaged: state/")]
     cases = [(tmp_path / "nothing", "no checkpoint directory"),
              (newer, f"has format version {FORMAT_VERSION + 1}, this nao reads {FORMAT_VERSION}"),
-             (cut, "truncated or damaged"),
-             (controller_run, "holds a 'controller' checkpoint; transfer needs the checkpoint of a training")]
-    for source, needle in cases:
-        code, _, err = run_main("--mode=transfer", f"--from_checkpoint={source}", "--dataset=wikitext2",
-                                f"--data_dir={wt2_dir}", "--child_preset=smoke",
-                                f"--output_dir={tmp_path / 'out'}")
-        assert code == 2 and needle in last_error_line(err)
+             (controller_run, "holds a 'controller' checkpoint; transfer needs the checkpoint of a training"),
+             *damaged]
+    runs = [["--mode=transfer", f"--from_checkpoint={source}", "--dataset=wikitext2", f"--data_dir={wt2_dir}",
+             "--child_preset=smoke", f"--output_dir={tmp_path / 'out'}"] for source, _ in cases]
+    loads = damaged * 3
+    result = subprocess.run([sys.executable, "-c", CLI_RUNS, json.dumps(runs),
+                             json.dumps([str(path) for path, _ in loads])],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.stdout.split() == ["2"] * len(cases + loads), result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not LOG_LINE.match(line)]
+    assert len(lines) == len(cases + loads), lines
+    for line, (_, needle) in zip(lines, cases + loads):
+        assert line.startswith("error: ") and needle in line, line
+
+
+def test_a_full_disk_is_one_line(ptb_dir, tmp_path, monkeypatch):
+    """run_nao.py stops on a full disk or quota with one line naming where it was writing and how to go
+    on; another OSError keeps its own message, in one line too."""
+    out = tmp_path / "run"
+    checkpoints = out / "checkpoints"
+    full = f"no space left on device while writing {checkpoints}: free space and rerun with --resume"
+    mkdir = Path.mkdir
+    for code, expected in [(errno.ENOSPC, full), (errno.EDQUOT, full),
+                           (errno.EACCES, f"[Errno 13] Permission denied: '{checkpoints}'")]:
+        def fail_on_checkpoints(path, *args, code=code, **kwargs):
+            if path == checkpoints:
+                raise OSError(code, os.strerror(code), str(path))
+            return mkdir(path, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "mkdir", fail_on_checkpoints)
+        status, _, err = run_main("--mode=train", "--space=ptb", "--arch=naonet", f"--data_dir={ptb_dir}",
+                                  "--child_preset=smoke", f"--output_dir={out}")
+        assert status == 2 and err.splitlines() == [f"error: {expected}"]

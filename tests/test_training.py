@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import json
 import logging
+import os
 import re
+import shutil
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +20,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from nao.models import parallel
-from nao.models.checkpoint import CheckpointStore
+from nao.models.checkpoint import CheckpointError, CheckpointStore
 from nao.models.training import Selection, Step, TrainingDivergedError, train
 
 STEPS_PER_EPOCH = 4
@@ -152,6 +156,54 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path):
     assert [row["epoch"] for row in csv_rows(out)] == ["1"]
     metrics = train(ToyTask(ToyConfig(epochs=2), SCORES), out, resume=True).metrics  # a lower lr goes on
     assert metrics["epochs"] == 2 and np.isfinite(metrics["history"][-1]["train_loss"])
+
+
+def test_a_damaged_newest_checkpoint_is_never_resumed_from(tmp_path):
+    out = tmp_path / "run"
+    train(ToyTask(ToyConfig(epochs=2), SCORES), out)
+    step = out / "checkpoints" / "2"
+    data = max((p for p in (step / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    damaged = bytearray(data.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    data.write_bytes(bytes(damaged))
+    with pytest.raises(CheckpointError) as info:
+        train(ToyTask(ToyConfig(epochs=3), SCORES), out, resume=True)
+    message = str(info.value)
+    assert f"checkpoint {step} is truncated or damaged" in message and "\n" not in message
+    assert "delete that step folder to resume from step 1" in message
+    shutil.rmtree(step)  # the fallback the message gives
+    metrics = train(ToyTask(ToyConfig(epochs=3), SCORES), out, resume=True).metrics
+    assert [row["epoch"] for row in metrics["history"]] == [1, 2, 3]
+    assert [row["epoch"] for row in csv_rows(out)] == ["1", "2", "3"]
+
+
+def disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write or close reports it: no file name
+
+
+@pytest.mark.parametrize("writer", ["checkpoint", "csv", "json"])
+def test_a_full_disk_stops_the_run_naming_the_file_and_a_resume_goes_on(tmp_path, monkeypatch, writer):
+    out = tmp_path / "run"
+    train(ToyTask(ToyConfig(epochs=1), SCORES), out)
+    writerow, write_text = csv.DictWriter.writerow, Path.write_text
+    with monkeypatch.context() as patch:
+        if writer == "checkpoint":
+            patch.setattr(ocp.Checkpointer, "save", disk_full)
+        elif writer == "csv":  # epoch 2's row (the resume rewrites epoch 1's first)
+            patch.setattr(csv.DictWriter, "writerow", lambda self, row: disk_full() if row["epoch"] == 2
+                          else writerow(self, row))
+        else:  # write_json writes metrics.tmp, then renames it
+            patch.setattr(Path, "write_text", lambda path, *args: disk_full() if path.suffix == ".tmp"
+                          else write_text(path, *args))
+        with pytest.raises(OSError) as info:
+            train(ToyTask(ToyConfig(epochs=2), SCORES), out, resume=True)
+    expected = {"checkpoint": "checkpoints/2", "csv": "metrics.csv", "json": "metrics.json"}[writer]
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(out / expected)
+    # A failed save leaves the step before it; the CSV and JSON files are written after the save.
+    assert CheckpointStore(out / "checkpoints").steps() == ([1] if writer == "checkpoint" else [1, 2])
+    metrics = train(ToyTask(ToyConfig(epochs=2), SCORES), out, resume=True).metrics
+    assert metrics["epochs"] == 2 and [row["epoch"] for row in csv_rows(out)] == ["1", "2"]
+    assert json.loads((out / "metrics.json").read_text()) == metrics
 
 
 def progress_lines(caplog) -> list[str]:
