@@ -29,7 +29,7 @@ from nao.evaluators import EVALUATORS
 from nao.experiment import RunDirError
 from nao.history import HistoryError
 from nao.models.checkpoint import CheckpointError
-from nao.models.files import DISK_FULL
+from nao.models.files import disk_full
 from nao.models.tasks import TASKS
 from nao.models.training import TrainingDivergedError
 from nao.search import SearchError
@@ -189,7 +189,7 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 130
     except OSError as err:
-        if err.errno in DISK_FULL:
+        if disk_full(err):
             print(f"error: no space left on device while writing {err.filename or 'the run directory'}: "
                   "free space and rerun with --resume", file=sys.stderr)
         else:

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from nao.models.files import is_primary
+from nao.models.files import is_primary, writing
 
 
 class HistoryError(ValueError):
@@ -52,7 +52,8 @@ class History:
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        with writing(self.path):
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         os.replace(tmp, self.path)
 
     def append(self, row: dict[str, Any]) -> None:
@@ -60,7 +61,7 @@ class History:
             self.rows.append(row)
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
+        with writing(self.path), open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
