@@ -54,7 +54,8 @@ _define("string", "evaluator", "table", f"search: one of {', '.join(EVALUATORS)}
         "architectures up in a benchmark table (nb201, nb101); 'supernet' scores them with a weight-sharing "
         "supernet that trains between rounds (ptb_ws, cifar_ws): NAO-WS with --strategies=nao, random "
         "search with weight sharing with --strategies=random.")
-_define("list", "strategies", list(STRATEGIES), f"Comma list of strategies from: {', '.join(STRATEGIES)}.")
+_define("list", "strategies", list(STRATEGIES), f"Comma list of strategies from: {', '.join(STRATEGIES)} "
+        "(default: all of them for tables, nao for supernets).")
 _define("integer", "queries", None, "Budget per search: architectures scored for the first time (default: "
         "the preset's; 150 for tables, no limit for supernets, whose budget is their epochs).")
 _define("integer", "seeds", 1, "Searches per strategy, with seeds first_seed .. first_seed+seeds-1.")

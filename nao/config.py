@@ -246,6 +246,8 @@ def _search_job(mode: str, values: Mapping[str, Any]) -> ExperimentConfig:
     fields = _pick(values, {n: n for n in _SEARCH - {"queries", "child_lr"}})
     if "strategies" in fields:
         fields["strategies"] = tuple(fields["strategies"])
+    elif fields.get("evaluator") in EVALUATORS and EVALUATORS[fields["evaluator"]].default_strategies:
+        fields["strategies"] = EVALUATORS[fields["evaluator"]].default_strategies
     if "child_lr" in values:
         fields["supernet_lr"] = values["child_lr"]
     config = ExperimentConfig(**fields)

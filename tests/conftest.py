@@ -7,6 +7,7 @@ fit / predict / generate functions compile once per pytest session.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import pickle
 from pathlib import Path
 
@@ -89,6 +90,15 @@ def write_cifar(root: Path, dataset: str, train: int, test: int, seed: int) -> P
     for name, count in files:
         _batch(folder / name, rng.integers(0, len(PALETTE), count), rng, key)
     return root
+
+
+def extending_example(name: str):
+    """A module of docs/extending/ (the README's toy space and strategy), imported by its path."""
+    path = Path(__file__).resolve().parents[1] / "docs" / "extending" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"extending_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # XLA's cheapest compilation, for subprocesses (env) and in-process: compiling a cell network, not

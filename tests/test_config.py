@@ -43,6 +43,8 @@ def test_presets_then_the_values_given_then_field_overrides():
     assert job.search.queries == 60 and job.nao.init_size == 50
     supernet = assemble({"evaluator": "supernet", "space": "cifar_ws"}).job
     assert supernet.preset == "paper" and supernet.search.epochs == 150 and supernet.search.queries == 0
+    assert supernet.strategies == ("nao",) and assemble({}).job.strategies == ("nao", "random", "evolution",
+                                                                              "local")
     train = assemble({"mode": "train", "space": "ptb", "arch": "naonet", "child_preset": "cpu",
                       "child_hidden_size": 64}, ("recipe.dropout=0.5",)).job
     assert isinstance(train, TrainJob) and train.dataset == "ptb"

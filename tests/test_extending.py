@@ -3,7 +3,7 @@ plus one registry line, searched by the one loop and accepted by the run's confi
 
 from __future__ import annotations
 
-from pathlib import Path
+from conftest import extending_example
 
 from nao.config import assemble
 from nao.evaluators import Evaluation, Evaluator
@@ -11,8 +11,6 @@ from nao.history import History
 from nao.search import SearchSettings, search
 from nao.spaces import SPACES, get_space
 from nao.strategies import STRATEGIES, make_strategy
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "extending"
 
 
 class OnesCount(Evaluator):
@@ -24,9 +22,8 @@ class OnesCount(Evaluator):
 
 
 def test_a_space_and_a_strategy_are_a_file_and_a_registry_line_each(monkeypatch):
-    monkeypatch.syspath_prepend(str(EXAMPLES))
-    from bit_space import BitSpace
-    from hill_climb import HillClimb
+    BitSpace = extending_example("bit_space").BitSpace
+    HillClimb = extending_example("hill_climb").HillClimb
 
     monkeypatch.setitem(SPACES, "bits", BitSpace)
     monkeypatch.setitem(STRATEGIES, "climb", lambda space, seed, controller, nao: HillClimb(space, seed))

@@ -11,16 +11,18 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
+from conftest import extending_example
 
 from nao.evaluators import Evaluation, Evaluator
 from nao.history import History, HistoryError
 from nao.models.checkpoint import CheckpointStore
 from nao.search import SearchError, SearchSettings, best_so_far, search
-from nao.spaces.base import InvalidArchitectureError, SearchSpace
 from nao.strategies import NAO_PRESETS, STRATEGIES, Pool, make_strategy
 from nao.strategies.evolution import RegularizedEvolution
 from nao.strategies.local_search import LocalSearch
 from nao.strategies.nao import normalize_targets
+
+BitSpace = extending_example("bit_space").BitSpace  # 4 bits: 16 architectures, for exhaustive runs
 
 BUDGET = 30
 
@@ -291,46 +293,6 @@ def test_history_missing_file_starts_empty_and_creates_on_append(tmp_path):
 
 # --- strategy details -----------------------------------------------------------------------------
 
-class BitSpace(SearchSpace):
-    """A tiny space for exhaustive runs: 4 bits, 16 architectures, neighbours = one bit flipped."""
-
-    name = "bits"
-    vocab_size = 3
-    seq_len = 4
-
-    def sample(self, rng):
-        return tuple(int(b) for b in rng.integers(0, 2, self.seq_len))
-
-    def is_valid(self, arch):
-        return isinstance(arch, tuple) and len(arch) == self.seq_len and set(arch) <= {0, 1}
-
-    def key(self, arch):
-        return self.to_string(arch)
-
-    def to_string(self, arch):
-        return "".join(map(str, arch))
-
-    def from_string(self, text):
-        if len(text) != self.seq_len or set(text) - {"0", "1"}:
-            raise InvalidArchitectureError(f"bad arch {text!r}: expected {self.seq_len} bits")
-        return tuple(int(c) for c in text)
-
-    def to_tokens(self, arch):
-        return np.asarray(arch, np.int32) + 1
-
-    def from_tokens(self, tokens):
-        tokens = np.asarray(tokens)
-        return tuple(int(t) - 1 for t in tokens) if set(tokens.tolist()) <= {1, 2} else None
-
-    def token_mask(self):
-        mask = np.ones((self.seq_len, self.vocab_size), bool)
-        mask[:, 0] = False
-        return mask
-
-    def neighbors(self, arch):
-        return [arch[:i] + (1 - arch[i],) + arch[i + 1:] for i in range(self.seq_len)]
-
-
 class BitEvaluator(Evaluator):
     def __init__(self, seed: int = 0):
         self.scores = dict(zip(itertools.product((0, 1), repeat=4),
@@ -364,7 +326,7 @@ def climb(space, arch, scores):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_local_search_proposes_neighbours_of_the_current_arch_until_a_restart(tmp_path, seed):
-    space = BitSpace()
+    space = BitSpace(4)
     strategy = RecordingLocalSearch(space, seed)
     rows = search(space, strategy, BitEvaluator(seed), budget(16), History(tmp_path / "h.jsonl"))
     assert sorted(r["key"] for r in rows) == sorted(space.to_string(a) for a in BitEvaluator().scores)
@@ -388,7 +350,7 @@ def test_local_search_proposes_neighbours_of_the_current_arch_until_a_restart(tm
 
 @pytest.mark.parametrize("name", ["random", "evolution", "local"])
 def test_exhausted_space_raises_search_error(make, tmp_path, name):
-    space = BitSpace()
+    space = BitSpace(4)
     rows = search(space, make(name, space, 0), BitEvaluator(), budget(16), History(tmp_path / "all.jsonl"))
     assert len({r["key"] for r in rows}) == 16
     with pytest.raises(SearchError, match="proposed no new architecture after 16 queries"):

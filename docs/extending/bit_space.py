@@ -1,4 +1,4 @@
-"""A toy search space: strings of 8 bits (what "Extending nao" in the README adds)."""
+"""A toy search space: strings of bits (what "Extending nao" in the README adds)."""
 
 import numpy as np
 
@@ -6,7 +6,10 @@ from nao.spaces.base import InvalidArchitectureError, SearchSpace
 
 
 class BitSpace(SearchSpace):
-    name, vocab_size, seq_len = "bits", 3, 8  # tokens 1 and 2 are the bits 0 and 1; 0 starts decoding
+    name, vocab_size = "bits", 3  # tokens 1 and 2 are the bits 0 and 1; 0 starts decoding
+
+    def __init__(self, bits: int = 8):
+        self.seq_len = bits
 
     def sample(self, rng):
         return tuple(int(b) for b in rng.integers(0, 2, self.seq_len))

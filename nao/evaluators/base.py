@@ -88,3 +88,6 @@ class EvaluatorKind:
     presets: Callable[[str], dict[str, SearchPreset]]
     default_preset: str
     build: Callable[[ExperimentConfig], EvaluatorSetup]
+    # The strategies a run searches with when it names none (None: all of them); a supernet search
+    # is long, so it runs NAO alone unless asked for more.
+    default_strategies: tuple[str, ...] | None = None

@@ -169,4 +169,5 @@ def build_supernet(config: ExperimentConfig) -> EvaluatorSetup:
     return EvaluatorSetup(get_space(config.space), facts, lambda seed: SupernetEvaluator(make_supernet(seed)))
 
 
-SUPERNET = EvaluatorKind(presets=supernet_presets, default_preset="paper", build=build_supernet)
+SUPERNET = EvaluatorKind(presets=supernet_presets, default_preset="paper", build=build_supernet,
+                         default_strategies=("nao",))
