@@ -15,9 +15,15 @@ from typing import Any
 
 from nao.models.files import is_primary, writing
 
+# What every row holds; the loop reads these back on resume.
+REQUIRED_FIELDS = ("round", "query", "key", "arch", "valid")
+
 
 class HistoryError(ValueError):
     """A history file that cannot be trusted."""
+
+
+_FIX = "restore the file, delete the damaged lines, or start the run in a new output directory"
 
 
 class History:
@@ -37,14 +43,19 @@ class History:
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
+                row = json.loads(line)
+            except ValueError as err:  # not JSON, or not UTF-8 text at all
                 if number == len(lines) and not data.endswith(b"\n"):
                     # Torn write of the last row: rewrite the file without it.
                     self._rewrite(rows)
                     break
-                raise HistoryError(f"{self.path}:{number} is not valid JSON ({err}); "
-                                   "restore the file or start a new --output_dir") from err
+                raise HistoryError(f"{self.path}:{number} is not a JSON row ({type(err).__name__}); "
+                                   f"{_FIX}") from None
+            missing = [f for f in REQUIRED_FIELDS if f not in row] if isinstance(row, dict) else ["all"]
+            if missing:
+                raise HistoryError(f"{self.path}:{number} is not a history row (lacks {', '.join(missing)}); "
+                                   f"{_FIX}")
+            rows.append(row)
         else:
             if data and not data.endswith(b"\n"):
                 self._rewrite(rows)  # a whole last row lacking its newline: the next append needs one

@@ -238,8 +238,8 @@ def test_a_killed_rescoring_search_resumes_from_its_checkpoint(make, name, die, 
 # --- history --------------------------------------------------------------------------------------
 
 def history_rows(count: int) -> list[dict]:
-    return [{"query": i + 1, "arch": f"a{i}", "key": f"a{i}", "valid": 0.5 + i, "test": None, "cost": 0.0,
-             "elapsed": 0.1} for i in range(count)]
+    return [{"round": 0, "query": i + 1, "arch": f"a{i}", "key": f"a{i}", "valid": 0.5 + i, "test": None,
+             "cost": 0.0, "elapsed": 0.1} for i in range(count)]
 
 
 def test_history_drops_a_torn_last_line(tmp_path):
@@ -281,6 +281,21 @@ def test_history_corrupt_line_raises(tmp_path, bad_line):
     message = str(info.value)
     assert f"{path}:{bad_line}" in message and "\n" not in message
     assert path.read_bytes() == before  # never rewritten on an error
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (b"\x8f\xff\x00 garbage\n\xfe\x01\n", "is not a JSON row (UnicodeDecodeError)"),
+    (b'{"x": 1}\n', "is not a history row (lacks round, query, key, arch, valid)"),
+    (b"[1, 2]\n", "is not a history row (lacks all)"),
+])
+def test_history_with_foreign_lines_names_the_file_and_the_fix(tmp_path, damage, needle):
+    path = tmp_path / "history.jsonl"
+    path.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in history_rows(2)) + damage)
+    with pytest.raises(HistoryError) as info:
+        History(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:3 ") and needle in message and "start the run in a new" in message
+    assert "\n" not in message
 
 
 def test_history_missing_file_starts_empty_and_creates_on_append(tmp_path):
