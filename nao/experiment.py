@@ -37,7 +37,7 @@ from nao.controller import ControllerConfig
 from nao.evaluators import EvaluatorSetup, get_evaluator
 from nao.history import History
 from nao.models.checkpoint import CheckpointStore
-from nao.models.files import is_primary, write_json
+from nao.models.files import file_sha256, is_primary, write_json
 from nao.models.training import append_csv, duration
 from nao.search import Progress, SearchSettings, best_so_far, final_rows, round_records, search
 from nao.spaces import SearchSpace, get_space
@@ -128,15 +128,26 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def prepare_run_dir(output_dir: Path, config: ExperimentConfig, resume: bool) -> None:
-    """Create the run dir, or check that an existing one belongs to this configuration."""
+def prepare_run_dir(output_dir: Path, config: ExperimentConfig, resume: bool,
+                    fingerprints: dict[str, str] | None = None) -> None:
+    """Create the run dir, or check that an existing one belongs to this configuration and to the same
+    data (``fingerprints``: the SHA-256 of the files the scores come from, such as the table)."""
     config_path = output_dir / "config.json"
-    wanted = config.to_json()
+    wanted = {**config.to_json(), "fingerprints": fingerprints or {}}
     if config_path.exists():
         try:
             found = json.loads(config_path.read_text())
-        except json.JSONDecodeError as err:
-            raise RunDirError(f"{config_path} is unreadable ({err}): choose another output_dir") from err
+        except ValueError as err:
+            raise RunDirError(f"{config_path} is unreadable ({type(err).__name__}): restore it, or choose "
+                              "another output_dir") from None
+        if not isinstance(found, dict):
+            raise RunDirError(f"{config_path} holds a {type(found).__name__}, not a nao run's configuration: "
+                              "restore it, or choose another output_dir")
+        changed = [k for k, v in wanted["fingerprints"].items() if found.get("fingerprints", {}).get(k) != v]
+        if changed and {**found, "fingerprints": wanted["fingerprints"]} == wanted:
+            raise RunDirError(f"{output_dir} was searched on other data: the file behind {changed[0]} "
+                              f"({getattr(config, 'benchmark_file', None) or 'the shipped table'}) changed "
+                              "since the run started; restore it, or start the run in a new output_dir")
         if found != wanted:
             found, flat = _flat(found), _flat(wanted)
             diff = sorted(k for k in set(found) | set(flat) if found.get(k) != flat.get(k))
@@ -250,7 +261,9 @@ def run_experiment(config: ExperimentConfig, output_dir: str | os.PathLike, resu
     if cells and config.search.queries > cells:
         raise ValueError(f"search.queries={config.search.queries} exceeds the {cells} architectures of the "
                          "table: lower it")
-    prepare_run_dir(output_dir, config, resume)
+    table = setup.facts.get("table")
+    fingerprints = {"table_sha256": file_sha256(table)} if table else {}
+    prepare_run_dir(output_dir, config, resume, fingerprints)
     space = setup.space
     runs: dict[str, list[list[dict]]] = {}
     timing: dict[str, dict[str, float]] = {}
