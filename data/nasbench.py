@@ -99,8 +99,9 @@ def load_nb201_table(path: str | os.PathLike | None = None, valid_key: str = "ci
     if len(np.unique(codes)) != NB201_SIZE:
         first = np.flatnonzero(np.bincount(codes, minlength=NB201_SIZE) > 1)[0]
         rows = np.flatnonzero(codes == first)
-        raise BenchmarkFileError(f"{path}: 'ops' rows {rows[0]} and {rows[1]} are the same cell, so another "
-                                 f"is missing; each of the {NB201_SIZE} cells must be there once: fix the table")
+        raise BenchmarkFileError(f"{path}: 'ops' rows {rows[0]} and {rows[1]} are the same cell, so "
+                                 f"another is missing; each of the {NB201_SIZE} cells must be there once: "
+                                 "fix the table")
     picked = pick_metrics("NB201 table", path, arrays, NB201_SIZE,
                           {"--valid_key": valid_key, "--test_key": test_key})
     return Nb201Table(str(path), ops.astype(np.int64), picked[valid_key], picked[test_key],
