@@ -75,6 +75,24 @@ def test_killed_search_resumes_to_the_same_summary(tmp_path):
             == json.loads((reference / "summary.json").read_text()))
 
 
+def test_ctrl_c_stops_in_one_line_that_says_how_to_resume(tmp_path):
+    out = tmp_path / "run"
+    history = out / "histories" / "random" / "seed_0.jsonl"
+    args = ["--preset=smoke", "--strategies=random", "--queries=15000", f"--output_dir={out}"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_nao.py"), *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (history.exists() and len(history.read_text().splitlines()) > 50):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    lines = [line for line in stderr.splitlines()
+             if line.strip() and not (line[0] in "IWE" and line[1:5].isdigit())]  # absl's log lines aside
+    assert lines == [f"interrupted: continue with the same flags and --resume --output_dir={out}"], stderr
+    assert len(history.read_text().splitlines()) > 50
+
+
 @pytest.mark.parametrize("args, expected", [
     (["--space=nb999"], "unknown space 'nb999'"),
     (["--strategies=nao,annealing"], "one of nao, random, evolution, local ('annealing' is not)"),
