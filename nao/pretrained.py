@@ -225,7 +225,8 @@ class LmCheckpoint(Checkpoint):
     def perplexity(self, text_or_ids: str | np.ndarray, batch_size: int = 1, bptt: int | None = None
                    ) -> float:
         """Perplexity on ``text`` (or token ids), evaluated as the trainer does: the stream cut into
-        ``batch_size`` rows (the trainer's figures use ``config.eval_batch_size``; 1 keeps every token)."""
+        ``batch_size`` rows (the trainer's validation figures use ``config.eval_batch_size``, its test
+        figures ``config.test_batch_size``; 1 keeps every token)."""
         from nao.models import parallel
         from nao.models.lm_train import evaluate, make_eval_step, perplexity
         from nao.models.training import device_multiple
