@@ -77,8 +77,10 @@ _define("string", "compilation_cache_dir", os.path.expanduser("~/.cache/nao/jax"
 _define("string", "arch", None, "Architecture string or published name, for --mode=evaluate and train.")
 _define("string", "benchmark_file", None, "NB201 table (npz: ops (15625, 6) uint8 + float arrays); "
         "default: the shipped CIFAR-10 200-epoch table.")
-_define("string", "valid_key", "cifar10_valid_acc", "Array of --benchmark_file to search on.")
-_define("string", "test_key", "cifar10_test_acc", "Array of --benchmark_file to report.")
+_define("string", "valid_key", None, "Array of --benchmark_file to search on (default: the table's own; "
+        "NB201: cifar10_valid_acc).")
+_define("string", "test_key", None, "Array of --benchmark_file to report (default: the table's own; NB201: "
+        "cifar10_test_acc).")
 _define("string", "dataset", None, "ptb or wikitext2 for the ptb spaces (default ptb), cifar10 or cifar100 "
         "for the cifar spaces (default cifar10).")
 _define("string", "data_dir", None, "Folder with the dataset's files (PTB/WikiText-2: train.txt, valid.txt, "

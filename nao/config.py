@@ -25,6 +25,7 @@ from typing import Any
 from nao.child_training import TRANSFER_KINDS, checkpoint_space, child_preset, space_task
 from nao.controller import PRESETS, ControllerConfig
 from nao.evaluators import EVALUATORS
+from nao.evaluators.tabular import TABLES
 from nao.experiment import ExperimentConfig
 from nao.models.cnn_train import CnnTrainConfig
 from nao.models.lm_train import LmTrainConfig
@@ -49,7 +50,6 @@ from nao.validation import (
 )
 
 MODES = ("search", "evaluate", "train", "transfer", "fit_controller")
-TABLE_SPACES = ("nb201", "nb101")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +126,7 @@ rules_for(SearchSettings, {
 rules_for(ExperimentConfig, {
     "space": choice(SPACES), "evaluator": choice(EVALUATORS), "strategies": each(choice(STRATEGIES)),
     "seeds": _SIZE, "first_seed": _SEED, "split_seed": _SEED, "preset": optional(anything),
-    "benchmark_file": _TEXT, "valid_key": anything, "test_key": anything, "data_dir": _TEXT,
+    "benchmark_file": _TEXT, "valid_key": _TEXT, "test_key": _TEXT, "data_dir": _TEXT,
     "dataset": _TEXT, "score_windows": NON_NEGATIVE, "score_batches": NON_NEGATIVE,
     "supernet_lr": optional(RATE),
 })
@@ -153,7 +153,7 @@ rules_for(TrainJob, {
     "finetune": choice((True, False)),
 })
 rules_for(FitJob, {
-    "space": choice(TABLE_SPACES), "preset": choice(PRESETS), "holdout": number(0.0, 0.9), "seed": _SEED,
+    "space": choice(TABLES), "preset": choice(PRESETS), "holdout": number(0.0, 0.9), "seed": _SEED,
     "targets": choice(TARGETS), "benchmark_file": _TEXT, "valid_key": _TEXT, "test_key": _TEXT,
 })
 rules_for(RunConfig, {"mode": choice(MODES), "output_dir": anything, "resume": choice((True, False)),
@@ -311,9 +311,9 @@ def _check_job(config: RunConfig) -> None:
         if config.mode == "evaluate":
             if not config.arch:
                 raise ConfigError("--mode=evaluate needs --arch=STRING (an architecture of --space)")
-            if job.space not in TABLE_SPACES:
+            if job.space not in TABLES:
                 raise ConfigError(f"--mode=evaluate scores on a table: space={job.space} has none; choose "
-                                  f"one of {', '.join(TABLE_SPACES)}")
+                                  f"one of {', '.join(TABLES)}")
             return
         try:
             job.validate()

@@ -67,8 +67,8 @@ class ExperimentConfig:
     nao: NaoOptions | None = None  # None: the preset's
     # evaluator 'table'
     benchmark_file: str | None = None
-    valid_key: str = "cifar10_valid_acc"
-    test_key: str = "cifar10_test_acc"
+    valid_key: str | None = None  # None: the table's own (NB201: cifar10_valid_acc)
+    test_key: str | None = None  # None: the table's own (NB201: cifar10_test_acc)
     # evaluator 'supernet'
     data_dir: str | None = None
     dataset: str | None = None  # None: ptb for ptb_ws, cifar10 for cifar_ws

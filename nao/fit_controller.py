@@ -23,35 +23,13 @@ from nao.ranking import kendall_tau, ranking_metrics, scores_to_metric
 
 log = logging.getLogger("nao")
 
-TABLE_SPACES = ("nb201", "nb101")
-
-
 def _table(space_name: str, benchmark_file: str | None, valid_key: str | None, test_key: str | None):
-    """(space, archs, valid, test or None, facts) of every architecture of the space's table."""
-    from nao.spaces import get_space
+    """(space, archs, valid, test or None, dataset, facts) of every architecture of the space's table."""
+    from nao.evaluators.tabular import load_table
 
-    if space_name == "nb201":
-        from nao.data.nasbench import load_nb201_table
-
-        table = load_nb201_table(benchmark_file, valid_key or "cifar10_valid_acc",
-                                 test_key or "cifar10_test_acc")
-        archs = [tuple(int(o) for o in row) for row in table.ops]
-        dataset = table.valid_key.split("_valid")[0]
-        facts = {"file": Path(table.path).name, "valid_key": table.valid_key, "test_key": table.test_key}
-        return get_space("nb201"), archs, table.valid, table.test, dataset, facts
-    if space_name == "nb101":
-        from nao.evaluators.nb101_table import DEFAULT_VALID_KEY, nb101_table_space_and_evaluator
-
-        space, evaluator = nb101_table_space_and_evaluator(benchmark_file, valid_key or DEFAULT_VALID_KEY,
-                                                           test_key)
-        archs = list(evaluator.archs)
-        scores = [evaluator.lookup(a) for a in archs]
-        test = None if scores[0][1] is None else np.array([s[1] for s in scores])
-        facts = {"file": Path(evaluator.table.path).name, "valid_key": valid_key or DEFAULT_VALID_KEY,
-                 "test_key": test_key}
-        return get_space("nb101"), archs, np.array([s[0] for s in scores]), test, "cifar10", facts
-    raise ValueError(f"a controller is fitted on a benchmark table: choose space="
-                     f"{' or '.join(TABLE_SPACES)}, not {space_name}")
+    table = load_table(space_name, benchmark_file, valid_key, test_key)
+    facts = {"file": Path(table.path).name, "valid_key": table.valid_key, "test_key": table.test_key}
+    return table.space, table.archs, table.valid, table.test, table.dataset, facts
 
 
 def fit_table_controller(space_name: str, config, output_dir: str | Path, *, holdout: float = 0.1,

@@ -95,6 +95,7 @@ def run_fit_controller(config: RunConfig) -> list[str]:
     from nao.fit_controller import fit_table_controller
 
     job = config.job
+    _write_config(config)
     metrics = fit_table_controller(job.space, job.controller, config.output_dir, holdout=job.holdout,
                                    seed=job.seed, targets=job.targets, benchmark_file=job.benchmark_file,
                                    command=command_line(), flags=dataclasses.asdict(job),
@@ -109,7 +110,8 @@ def run_fit_controller(config: RunConfig) -> list[str]:
 
 
 def _write_config(config: RunConfig) -> None:
-    """config.json of a training run, unless the directory holds a run this one will refuse to touch."""
+    """config.json of a training or fitting run, unless the directory holds a run this one will refuse
+    to touch."""
     out = Path(config.output_dir)
     holds_run = (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
     if holds_run and not config.resume:

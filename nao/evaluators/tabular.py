@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -12,16 +13,13 @@ import numpy as np
 from nao.controller import PRESETS
 from nao.data.nasbench import NB101_SAMPLE, Nb201Table, load_nb201_table
 from nao.evaluators.base import Evaluation, Evaluator, EvaluatorKind, EvaluatorSetup, SearchPreset
-from nao.evaluators.nb101_table import nb101_table_space_and_evaluator
+from nao.evaluators.nb101_table import DEFAULT_VALID_KEY, nb101_table_space_and_evaluator
 from nao.search import SearchSettings
-from nao.spaces import get_space
+from nao.spaces import SearchSpace, get_space
 from nao.strategies.nao import NAO_PRESETS
 
 if TYPE_CHECKING:
     from nao.experiment import ExperimentConfig
-
-TABLE_SPACES = ("nb201", "nb101")
-
 
 class Nb201TableEvaluator(Evaluator):
     """Looks architectures (NB201 op tuples) up in a loaded table."""
@@ -43,29 +41,66 @@ class Nb201TableEvaluator(Evaluator):
 
 def table_presets(space: str) -> dict[str, SearchPreset]:
     """Per controller preset (paper, default, smoke): 150 queries and that preset's NAO."""
-    if space not in TABLE_SPACES:
+    if space not in TABLES:
         raise ValueError(f"space {space!r} has no tabular evaluator here; use space='nb201' or 'nb101' "
                          "(or evaluator='supernet' for ptb_ws and cifar_ws)")
     return {name: SearchPreset(SearchSettings(queries=150), PRESETS[name], NAO_PRESETS[name])
             for name in ("paper", "default", "smoke")}
 
 
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """A benchmark table as a search sees it: its space (restricted to the table's cells where the
+    table does not hold them all), the evaluator that looks cells up, and every cell with its scores."""
+
+    space: SearchSpace
+    evaluator: Evaluator
+    archs: list[Hashable]
+    valid: np.ndarray
+    test: np.ndarray | None
+    dataset: str  # what the scores were measured on
+    path: str
+    valid_key: str
+    test_key: str | None
+
+
+def _nb201(path: str | None, valid_key: str | None, test_key: str | None) -> Table:
+    table = load_nb201_table(path, valid_key or "cifar10_valid_acc", test_key or "cifar10_test_acc")
+    archs = [tuple(int(o) for o in row) for row in table.ops]
+    return Table(get_space("nb201"), Nb201TableEvaluator(table), archs, table.valid, table.test,
+                 table.valid_key.split("_valid")[0], table.path, table.valid_key, table.test_key)
+
+
+def _nb101(path: str | None, valid_key: str | None, test_key: str | None) -> Table:
+    # Only the shipped 292-cell NB101 sample exists here, so the search runs over those cells.
+    valid_key = valid_key or DEFAULT_VALID_KEY
+    space, evaluator = nb101_table_space_and_evaluator(path, valid_key, test_key)
+    archs = list(evaluator.archs)
+    scores = [evaluator.lookup(a) for a in archs]
+    test = None if scores[0][1] is None else np.array([s[1] for s in scores])
+    return Table(space, evaluator, archs, np.array([s[0] for s in scores]), test, "cifar10",
+                 str(path or NB101_SAMPLE), valid_key, test_key)
+
+
+# The tables by space: (path or None for the shipped one, valid key, test key; None: the table's own).
+TABLES: dict[str, Callable[[str | None, str | None, str | None], Table]] = {"nb201": _nb201, "nb101": _nb101}
+
+
+def load_table(space: str, path: str | None = None, valid_key: str | None = None,
+               test_key: str | None = None) -> Table:
+    if space not in TABLES:
+        raise ValueError(f"space {space!r} has no table here: choose {' or '.join(TABLES)}")
+    return TABLES[space](path, valid_key, test_key)
+
+
 def build_table(config: ExperimentConfig) -> EvaluatorSetup:
     """The space, its table evaluator (shared by every search), and facts about the table (the optimum)."""
-    if config.space == "nb201":
-        table = load_nb201_table(config.benchmark_file, config.valid_key, config.test_key)
-        best = int(np.argmax(table.valid))
-        facts = {"table": table.path, "cells": len(table.valid), "optimum_valid": float(table.valid.max()),
-                 "optimum_test": float(table.test.max()), "test_of_best_valid": float(table.test[best])}
-        evaluator = Nb201TableEvaluator(table)
-        return EvaluatorSetup(get_space("nb201"), facts, lambda seed: evaluator)
-    # Only the shipped 292-cell NB101 sample exists here, so the search runs over those cells.
-    if config.benchmark_file is not None:
-        raise ValueError("benchmark_file is for NB201 tables; space='nb101' uses the shipped sample")
-    space, nb101 = nb101_table_space_and_evaluator()
-    facts = {"table": str(NB101_SAMPLE), "cells": len(nb101),
-             "optimum_valid": max(nb101.lookup(a)[0] for a in nb101.archs)}
-    return EvaluatorSetup(space, facts, lambda seed: nb101)
+    table = load_table(config.space, config.benchmark_file, config.valid_key, config.test_key)
+    best = int(np.argmax(table.valid))
+    facts = {"table": table.path, "cells": len(table.archs), "optimum_valid": float(table.valid.max())}
+    if table.test is not None:
+        facts |= {"optimum_test": float(table.test.max()), "test_of_best_valid": float(table.test[best])}
+    return EvaluatorSetup(table.space, facts, lambda seed: table.evaluator)
 
 
 TABLE = EvaluatorKind(presets=table_presets, default_preset="default", build=build_table)
