@@ -2,7 +2,7 @@
 
 The augmentation functions are pure jax on a whole (N, H, W, C) batch with an explicit
 PRNG key, so they run inside the jitted train step; their int arguments (padding, cutout
-size) are static. ``augment`` follows the NAO recipes (NAO_V1 `train_cifar.py`, NAO-WS `cnn/data_utils.py`):
+size) are static. ``augment`` follows the NAO recipes (NAO_V1 `train_cifar.py` and `train_search.py`):
 
     normalise with the per-channel mean/std -> pad 4 and crop -> horizontal flip -> cutout
 
