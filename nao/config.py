@@ -153,7 +153,7 @@ rules_for(TrainJob, {
     "finetune": choice((True, False)),
 })
 rules_for(FitJob, {
-    "space": choice(TABLES), "preset": choice(PRESETS), "holdout": number(0.0, 0.9), "seed": _SEED,
+    "space": choice(TABLES), "preset": choice(PRESETS), "holdout": number(0.0, 0.99), "seed": _SEED,
     "targets": choice(TARGETS), "benchmark_file": _TEXT, "valid_key": _TEXT, "test_key": _TEXT,
 })
 rules_for(RunConfig, {"mode": choice(MODES), "output_dir": anything, "resume": choice((True, False)),

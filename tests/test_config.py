@@ -76,7 +76,7 @@ def test_presets_then_the_values_given_then_field_overrides():
     ({"mode": "train", "space": "ptb", "arch": "naonet", "child_channels": 8}, (),
      r"^--child_channels does not apply to cells of space=ptb"),
     ({"mode": "train", "space": "ptb"}, (), r"^--mode=train needs --arch"),
-    ({"mode": "fit_controller", "holdout": 0.95}, (), r"^holdout=0\.95 .* in \[0\.0, 0\.9\] \(--holdout\)$"),
+    ({"mode": "fit_controller", "holdout": 1.0}, (), r"^holdout=1\.0 .* in \[0\.0, 0\.99\] \(--holdout\)$"),
     ({"child_epochs": 3}, (), r"^--child_epochs does not apply to --mode=search: drop it"),
     ({"mode": "dance"}, (), r"^mode='dance' is unknown"),
     ({}, ("controller.emb_size=many",), r"^--set=controller\.emb_size=many: expected an integer$"),

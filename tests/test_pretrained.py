@@ -171,7 +171,7 @@ def test_controller_round_trip(controller_run, nb201_table):
     assert isinstance(ckpt, ControllerCheckpoint) and ckpt.step == 1 and ckpt.config.ensemble == 2
     meta = ckpt.meta
     assert meta["command"].startswith("python run_nao.py --mode=fit_controller")
-    assert meta["flags"]["epochs"] == 1 and meta["controller"]["batch_size"] == 256
+    assert meta["flags"]["controller"]["epochs"] == 1 and meta["controller"]["batch_size"] == 256
     held = np.array(meta["split"]["holdout_indices"])
     train = np.setdiff1d(np.arange(15625), held)
     assert meta["targets"]["low"] == nb201_table.valid[train].min()
@@ -198,8 +198,9 @@ def test_nb101_controller_round_trip(tmp_path):
 
 
 def test_fit_controller_refuses_bad_flags(controller_run):
-    for args, needle in [(["--space=ptb"], "choose space=nb201 or nb101"),
-                         (["--holdout=1.5"], "choose 0 <= holdout < 1"),
+    for args, needle in [(["--space=ptb"], "space='ptb' is out of range: it must be one of nb201, nb101"),
+                         (["--holdout=1.5"], "holdout=1.5 is out of range: it must be a finite number "
+                                             "in [0.0, 0.99] (--holdout)"),
                          ([f"--output_dir={controller_run}"], "already holds a checkpoint")]:
         code, _, err = run_main("--mode=fit_controller", "--preset=smoke", "--epochs=1", *args)
         assert code == 2 and needle in last_error_line(err)
