@@ -72,8 +72,10 @@ _define("string", "preset", None, "Search settings of the evaluator (the loop's 
 _define("multi_string", "set", [], "FIELD=VALUE: set any field of the run's configuration by its dotted "
         "path, e.g. --set=controller.grad_clip=1 (search), --set=recipe.cutout_size=0 (train); repeatable. "
         "config.json in the run directory lists every field.")
-_define("string", "compilation_cache_dir", os.path.expanduser("~/.cache/nao/jax"),
-        "JAX's persistent compilation cache: later runs skip XLA compilation. Empty: off.")
+_define("string", "compilation_cache_dir",
+        os.environ.get("JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/nao/jax")),
+        "JAX's persistent compilation cache: later runs skip XLA compilation (default: "
+        "$JAX_COMPILATION_CACHE_DIR if set). Empty: off.")
 _define("string", "arch", None, "Architecture string or published name, for --mode=evaluate and train.")
 _define("string", "benchmark_file", None, "NB201 table (npz: ops (15625, 6) uint8 + float arrays); "
         "default: the shipped CIFAR-10 200-epoch table.")
