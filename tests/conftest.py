@@ -6,13 +6,9 @@ fit / predict / generate functions compile once per pytest session.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import importlib.util
-import os
 import pickle
-import shutil
-import tempfile
 from pathlib import Path
 
 import jax
@@ -23,16 +19,6 @@ from nao.controller import ControllerConfig
 from nao.data.nasbench import Nb201Table, load_nb201_table
 from nao.evaluators import Nb201TableEvaluator
 from nao.spaces import NasBench201Space
-
-# One persistent XLA cache for the whole session, in-process and in the CLI and notebook subprocesses
-# (they inherit the variable): the same supernet or trainer step compiled by several tests, or by a
-# test and a notebook, is compiled once.
-_XLA_CACHE = tempfile.mkdtemp(prefix="nao-tests-xla-")
-atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
-os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
-os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
-jax.config.update("jax_compilation_cache_dir", _XLA_CACHE)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 SMALL_CONTROLLER = ControllerConfig(emb_size=16, hidden_size=32, mlp_layers=1, mlp_hidden=32,
                                     ensemble=2, batch_size=32, epochs=5)

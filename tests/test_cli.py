@@ -79,10 +79,11 @@ def test_ctrl_c_stops_in_one_line_that_says_how_to_resume(tmp_path):
     out = tmp_path / "run"
     history = out / "histories" / "random" / "seed_0.jsonl"
     args = ["--preset=smoke", "--strategies=random", "--queries=15000", f"--output_dir={out}"]
-    # A child of a shell's background job would inherit SIGINT ignored: restore what a terminal gives.
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run_nao.py"), *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # A child of a shell's background job inherits SIGINT ignored: give it the handler a terminal gives.
+    terminal = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    proc = subprocess.Popen([sys.executable, "-c", terminal, str(ROOT / "run_nao.py"), *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not (history.exists() and len(history.read_text().splitlines()) > 50):
         time.sleep(0.02)
