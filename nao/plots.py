@@ -7,6 +7,7 @@ import textwrap
 from collections import defaultdict
 from collections.abc import Hashable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -42,12 +43,18 @@ def plot_search_curves(summary: dict[str, Any], path: str | os.PathLike) -> None
         ax.set_ylim(min(low) - 0.3, (optimum or max(low)) + 0.15)
     ax.set_xlabel("queries (architectures evaluated)")
     ax.set_ylabel(f"{metric} accuracy of best-by-validation arch (%)")
-    ax.set_title(f"{summary['space']}: mean best-so-far over seeds")
+    ax.set_title(f"{_searched(summary)}: mean best-so-far over seeds")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _searched(summary: dict[str, Any]) -> str:
+    """The space and what scored it (the table's file, or the dataset), for plot titles."""
+    source = summary.get("dataset") or (Path(summary["table"]).name if summary.get("table") else None)
+    return f"{summary['space']} on {source}" if source else summary["space"]
 
 
 def plot_round_curves(summary: dict[str, Any], path: str | os.PathLike) -> None:
@@ -63,7 +70,7 @@ def plot_round_curves(summary: dict[str, Any], path: str | os.PathLike) -> None:
                         alpha=0.15)
     ax.set_xlabel("supernet epochs")
     ax.set_ylabel(f"best {score} of the pool, shared weights")
-    ax.set_title(f"{summary['space']}: the pool after each round, mean over seeds")
+    ax.set_title(f"{_searched(summary)}: the pool after each round, mean over seeds")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

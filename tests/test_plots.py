@@ -108,3 +108,19 @@ def test_spaces_without_a_graph_draw_nothing(tmp_path):
     assert plots.cell_figure(NoGraph(), ()) is None
     assert not plots.draw_cell(NoGraph(), (), tmp_path / "cell.png")
     assert not (tmp_path / "cell.png").exists()
+
+
+@pytest.mark.parametrize("facts, title", [
+    ({"table": "/data/my_nb201_cifar100.npz"}, "nb201 on my_nb201_cifar100.npz: mean best-so-far over seeds"),
+    ({"dataset": "cifar100"}, "nb201 on cifar100: mean best-so-far over seeds"),
+    ({}, "nb201: mean best-so-far over seeds"),
+])
+def test_search_curves_name_what_was_searched(tmp_path, monkeypatch, facts, title):
+    titles = []
+    real_savefig = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: (
+        titles.extend(ax.get_title() for ax in fig.axes), real_savefig(fig, *a, **k)))
+    summary = {"space": "nb201", **facts, "strategies": {"random": {
+        "seeds": [{}], "mean_test_curve": [90.0, 91.0], "std_test_curve": [0.0, 0.0]}}}
+    plots.plot_search_curves(summary, tmp_path / "curves.png")
+    assert titles == [title] and (tmp_path / "curves.png").stat().st_size > 1000
