@@ -66,7 +66,9 @@ def finetune_recipe(config: Any) -> Any:
                                epochs=max(1, round(config.epochs * FINETUNE_SCALE)))
 
 
-def _family(space_name: str, dataset: str, config: Any) -> type[Task]:
+def task_family(space_name: str, dataset: str, config: Any) -> type[Task]:
+    """The task family that trains cells of ``space_name`` on ``dataset`` with ``config``; a one-line
+    ValueError when the three do not fit together."""
     family = space_task(space_name)
     if dataset not in family.datasets:
         raise ValueError(f"dataset={dataset} does not fit space={space_name}: choose one of "
@@ -82,7 +84,7 @@ def train_child(space_name: str, arch_text: str, dataset: str, data_dir: str | N
                 ) -> dict[str, Any]:
     """Train the cell ``arch_text`` (a string or published name of ``space_name``) from scratch;
     returns the metrics (as ``metrics.json``)."""
-    family = _family(space_name, dataset, config)
+    family = task_family(space_name, dataset, config)
     space = get_space(space_name)
     arch = space.from_string(arch_text)
     data = family.load_data(dataset, data_dir, config)
@@ -109,7 +111,7 @@ def transfer_child(from_checkpoint: str | Path, dataset: str, data_dir: str | No
         raise ValueError("fine_tune tunes transferred weights: it needs kind='weights'")
     store, meta = _read_source(from_checkpoint)
     space_name = meta["space"]
-    family = _family(space_name, dataset, config)
+    family = task_family(space_name, dataset, config)
     if meta["dataset"] == dataset:
         raise ValueError(f"the checkpoint was trained on {dataset} already: resume its run to continue it, "
                          "or transfer to another dataset")

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from nao.child_training import TRANSFER_KINDS, checkpoint_space, child_preset, space_task
+from nao.child_training import TRANSFER_KINDS, checkpoint_space, child_preset, space_task, task_family
 from nao.controller import PRESETS, ControllerConfig
 from nao.evaluators import EVALUATORS
 from nao.evaluators.tabular import TABLES
@@ -211,10 +211,9 @@ def assemble(values: Mapping[str, Any], overrides: tuple[str, ...] = ()) -> RunC
     try:
         check(config.job)
     except ConfigError as err:
-        field = str(err).split("=", 1)[0]
-        flag = _FIELD_FLAGS.get(field) or (f"child_{field.removeprefix('recipe.')}"
-                                            if f"child_{field.removeprefix('recipe.')}" in _CHILD else None)
-        raise ConfigError(f"{err} (--{flag or 'set=' + field + '=...'})") from None
+        child = f"child_{err.field.removeprefix('recipe.')}"
+        flag = _FIELD_FLAGS.get(err.field) or (child if child in _CHILD else None)
+        raise ConfigError(f"{err} (--{flag or 'set=' + err.field + '=...'})", err.field) from None
     check(config)
     _check_job(config)
     return config
@@ -322,9 +321,11 @@ def _check_job(config: RunConfig) -> None:
         if "nao" in job.strategies and not job.search.pool_size and job.nao.init_size < 1:
             raise ConfigError("nao.init_size=0: NAO needs at least one random architecture to fit its first "
                               "controller on when the loop keeps no pool of its own (--init_size)")
-    if isinstance(job, TrainJob) and job.dataset not in space_task(job.space).datasets:
-        raise ConfigError(f"dataset={job.dataset} does not fit space={job.space}: choose one of "
-                          f"{', '.join(space_task(job.space).datasets)}")
+    if isinstance(job, TrainJob):
+        try:
+            task_family(job.space, job.dataset, job.recipe)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
 
 _KIND_WORDS = {bool: "true or false", int: "an integer", float: "a number", tuple: "a comma list"}

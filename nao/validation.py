@@ -15,7 +15,12 @@ from typing import Any
 
 
 class ConfigError(ValueError):
-    """A configuration value out of its range; the message names the field and what it accepts."""
+    """A configuration value out of its range; the message names the field and what it accepts.
+    ``field`` is the dotted path of the value when one field is at fault."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 Rule = Callable[[Any], str | None]  # None when the value is acceptable, else what is allowed
@@ -119,7 +124,7 @@ def check(config: Any, prefix: str = "") -> None:
             continue
         wrong = rule(value)
         if wrong:
-            raise ConfigError(f"{name}={value!r} is out of range: it must be {wrong}")
+            raise ConfigError(f"{name}={value!r} is out of range: it must be {wrong}", field=name)
 
 
 def unchecked_fields(config: Any, prefix: str = "") -> list[str]:

@@ -76,6 +76,8 @@ def test_presets_then_the_values_given_then_field_overrides():
     ({"mode": "train", "space": "ptb", "arch": "naonet", "child_channels": 8}, (),
      r"^--child_channels does not apply to cells of space=ptb"),
     ({"mode": "train", "space": "ptb"}, (), r"^--mode=train needs --arch"),
+    ({"mode": "train", "space": "ptb", "arch": "naonet", "dataset": "cifar10"}, (),
+     r"^dataset=cifar10 does not fit space=ptb: choose one of ptb, wikitext2$"),
     ({"mode": "fit_controller", "holdout": 1.0}, (), r"^holdout=1\.0 .* in \[0\.0, 0\.99\] \(--holdout\)$"),
     ({"child_epochs": 3}, (), r"^--child_epochs does not apply to --mode=search: drop it"),
     ({"mode": "dance"}, (), r"^mode='dance' is unknown"),
