@@ -105,7 +105,7 @@ class RunConfig:
 # -- range rules ---------------------------------------------------------------------------------------
 _SIZE = POSITIVE
 _SEED = NON_NEGATIVE
-_TEXT = optional(anything)  # paths and names checked where they are read (the reader names the file)
+_TEXT = anything  # paths and names checked where they are read (the reader names the file)
 _FRACTION = number(0.0, 1.0)
 
 rules_for(ControllerConfig, {
@@ -125,7 +125,7 @@ rules_for(SearchSettings, {
 })
 rules_for(ExperimentConfig, {
     "space": choice(SPACES), "evaluator": choice(EVALUATORS), "strategies": each(choice(STRATEGIES)),
-    "seeds": _SIZE, "first_seed": _SEED, "split_seed": _SEED, "preset": optional(anything),
+    "seeds": _SIZE, "first_seed": _SEED, "split_seed": _SEED, "preset": _TEXT,
     "benchmark_file": _TEXT, "valid_key": _TEXT, "test_key": _TEXT, "data_dir": _TEXT,
     "dataset": _TEXT, "score_windows": NON_NEGATIVE, "score_batches": NON_NEGATIVE,
     "supernet_lr": optional(RATE),
