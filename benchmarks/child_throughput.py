@@ -4,21 +4,27 @@
     python benchmarks/child_throughput.py --sizes=search --steps=2   # the NAO-WS search size only
     python benchmarks/child_throughput.py --peak_tflops=989          # on a GPU: + the share of its peak
 
-Rows: the NAONet-WS cell (``naonet_ws``, 5 ops) at the final-training size ("final": F=36, N=6, aux
-head, drop path, dropout) and at the NAO-WS search size ("search": ``SEARCH_CONFIG``, F=20, N=3), each
-as a fixed network (``CellNetwork``: the cell compiled in) and as the supernet (``Supernet``: the cell
-a traced int array, so one compilation serves every cell). A train step is one pmapped SGD step on
+Rows: the NAONet-B cell (``naonet_b``, the cell the original code's CPU figures time) at the
+final-training size ("final": F=36, N=6, aux head, drop path, dropout: NAONet-B-36) and at the NAO-WS
+search size ("search": ``SEARCH_CONFIG``, F=20, N=3), each as a fixed network (``CellNetwork``: the cell
+compiled in) and as the supernet (``Supernet``: the cell a traced int array, so one compilation serves
+every cell), the supernet once with the same cell (for the supernet / fixed ratio) and once with a new
+random cell every step ("supernet, random cells": what a search does, and what the original code's
+supernet figure measures). A train step is one pmapped SGD step on
 uint8 images (``nao.models.cnn_train.make_train_step``, which takes the supernet's cell as an argument):
 augmentation, forward, backward, gradient clipping, weight decay, momentum, BatchNorm statistics. Eval
 is the forward pass (``make_eval_step``): with the running BatchNorm statistics for the fixed network,
-with batch statistics for the supernet (as NAO-WS scores cells). Times are the fastest of ``--steps``
-steps after the first (other processes only ever add time); "compile s" is that first call,
-compilation included, less the fastest step, for train and eval.
+with batch statistics for the supernet (as NAO-WS scores cells). Times are the median of ``--steps``
+steps after the first, and the fastest of them beside it; "compile s" is that first call, compilation
+included, less the median step, for train and eval. Other processes on the machine inflate both.
 
-"vs PyTorch" divides by the original NAO code's figures, measured on our machines, where they measure
-the same mode: on CPU (2 threads) NAONet-B-36 as a fixed network (7.45 train / 24.6 eval images/s; B is
-another cell of the same space, similar in cost) and the NAO-WS supernet at F=20, N=3 (34.7 / 98); on a
-GPU the H200 figures (899 / 4992 and 1158 / 4494), comparable only on an H200.
+"vs PyTorch" divides the median images/s by the original NAO code's (NAO_V1, torch CPU build, 2
+threads, random inputs, batch 128), measured earlier in the project on the same kind of machine, which
+the script recognises by its CPU model: NAONet-B-36 fixed and the NAO-WS supernet (F=20, N=3, one sampled
+cell per step) on a 2-core Intel Xeon with AVX-512 (7.75 / 28.7 and 35.0 / 112.6 train / eval images/s)
+and on a 2-core AMD EPYC (7.45 / 24.6 and 34.7 / 98); on an H200 (899 / 4992 and 1158 / 4494). Those
+were separate sittings, so a ratio is indicative only: a claim needs both codes run on one machine in
+one sitting with the same statistic. On another machine the column stays empty.
 
 Then the input pipeline: ``epoch_batches`` + ``prefetch`` (the host-to-device copy in the producer
 thread) over random uint8 arrays of CIFAR-10's shape feed the fixed row with the shortest step, and
@@ -59,47 +65,71 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("sizes", ["final", "search"], "Which network sizes to time (final, search).")
 flags.DEFINE_list("modes", ["fixed", "supernet"], "fixed (CellNetwork) and/or supernet (Supernet).")
 flags.DEFINE_integer("batch", 128, "Global batch size, divided over the local devices.")
-flags.DEFINE_integer("steps", 3, "Timed steps per row and mode, after one compiling step.")
+flags.DEFINE_integer("steps", 5, "Timed steps per row and mode, after one compiling step.")
 flags.DEFINE_float("peak_tflops", None, "The device's peak TFLOP/s: adds the share of it used "
                    "(model FLOPs: 3x the forward's for training).")
 flags.DEFINE_integer("pipeline_steps", 6, "Train steps fed by the input pipeline (0: skip it).")
-flags.DEFINE_string("arch", "naonet_ws", "The cell: a published name or string of the cifar_ws space.")
+flags.DEFINE_string("arch", "naonet_b", "The cell: a published name or string of the cifar_ws space.")
 
 SIZES = {"final": CellNetworkConfig(), "search": SEARCH_CONFIG}
 RECIPE = CnnTrainConfig()  # NAO_V1's optimiser settings; they do not change the step's cost
 STATS = CHANNEL_STATS["cifar10"]
-# The original code's images/s (train, eval) for (size, mode), per backend, measured on our machines.
+# The original code's images/s (train, eval) for (size, mode) by the machine they were measured on.
 PYTORCH = {
-    "cpu": {("final", "fixed"): (7.45, 24.6), ("search", "supernet"): (34.7, 98.0)},
-    "gpu": {("final", "fixed"): (899.0, 4992.0), ("search", "supernet"): (1158.0, 4494.0)},
+    "Intel(R) Xeon(R) Processor": {("final", "fixed"): (7.75, 28.7), ("search", "random"): (35.0, 112.6)},
+    "AMD EPYC": {("final", "fixed"): (7.45, 24.6), ("search", "random"): (34.7, 98.0)},
+    "NVIDIA H200": {("final", "fixed"): (899.0, 4992.0), ("search", "random"): (1158.0, 4494.0)},
 }
+
+
+def machine() -> str:
+    """The accelerator's name, or on a CPU its model name (the key of ``PYTORCH``)."""
+    if jax.default_backend() != "cpu":
+        return jax.devices()[0].device_kind
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def pytorch_figures(name: str) -> dict:
+    """The original code's figures measured on the kind of machine ``name`` (a Xeon: with AVX-512)."""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if jax.default_backend() == "cpu" else ""
+    for key, figures in PYTORCH.items():
+        if name.startswith(key) and (not key.startswith("Intel") or "avx512f" in cpuinfo):
+            return figures
+    return {}
 
 
 @dataclasses.dataclass
 class Row:
     size: str
-    mode: str
+    mode: str  # fixed | supernet | random (the supernet, a new random cell every step)
     config: CellNetworkConfig
-    train_s: float = 0.0
+    train_s: float = 0.0  # median seconds per step
     eval_s: float = 0.0
+    train_fastest: float = 0.0
+    eval_fastest: float = 0.0
     compile_s: float = 0.0
 
 
-def timed(fn: Callable, steps: int) -> tuple[float, float]:
-    """(fastest of ``steps`` calls, the first call) in seconds; ``fn`` blocks until its result is ready."""
+def timed(fn: Callable[[int], None], steps: int) -> tuple[float, float, float]:
+    """(median, fastest, first) seconds of ``fn(i)`` over ``steps`` calls after a first one that
+    compiles; ``fn`` blocks until its result is ready."""
     start = time.perf_counter()
-    fn()
+    fn(0)
     first = time.perf_counter() - start
     times = []
-    for _ in range(steps):
+    for i in range(1, steps + 1):
         start = time.perf_counter()
-        fn()
+        fn(i)
         times.append(time.perf_counter() - start)
-    return min(times), first
+    return float(np.median(times)), min(times), first
 
 
 def build(row: Row, arch: tuple[int, ...], batch: int) -> tuple[Callable, Callable, dict]:
-    """(train step: state -> state, blocking; eval step: () -> None, blocking; the initial train state)."""
+    """(train step: (state, batch, cell) -> state; eval step: cell -> None; the initial train state).
+    Both block until done; a fixed network ignores the cell (its own is compiled in)."""
     devices = jax.local_device_count()
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
@@ -109,9 +139,8 @@ def build(row: Row, arch: tuple[int, ...], batch: int) -> tuple[Callable, Callab
     step_args = (np.float32(RECIPE.lr), np.float32(0.5), np.int32(1), jax.random.key(0))
     supernet = row.mode == "supernet"
     model = make_supernet(config=row.config) if supernet else make_cell_network(arch, config=row.config)
-    arch_array = np.asarray(arch, np.int32)
     variables = jax.tree.map(np.asarray, init_variables(model, jax.random.key(0), dummy,
-                                                        *((arch_array,) if supernet else ())))
+                                                        *((np.asarray(arch, np.int32),) if supernet else ())))
     replicated = parallel.replicate(variables)
     train = make_train_step(model, STATS, aux_weight=RECIPE.aux_weight, clip=RECIPE.clip,
                             weight_decay=RECIPE.weight_decay, momentum=RECIPE.momentum,
@@ -119,16 +148,17 @@ def build(row: Row, arch: tuple[int, ...], batch: int) -> tuple[Callable, Callab
                             cutout_size=RECIPE.cutout_size)
     evaluate = make_eval_step(model, STATS)
     mask = parallel.shard_to_devices(np.ones(batch, np.float32), devices)
-    cell = (arch_array,) if supernet else ()  # the supernet's steps take the cell as an argument
-    train_args, eval_args = (*step_args, *cell), (replicated, *sharded, mask, *cell)
 
-    def train_step(state: dict, batch_args=sharded) -> dict:
-        state, metrics = train(state, *batch_args, *train_args)
+    def cell_args(cell: tuple[int, ...]) -> tuple:
+        return (np.asarray(cell, np.int32),) if supernet else ()  # the supernet's steps take the cell
+
+    def train_step(state: dict, batch_args=sharded, cell=arch) -> dict:
+        state, metrics = train(state, *batch_args, *step_args, *cell_args(cell))
         jax.block_until_ready(metrics)
         return state
 
-    def eval_step() -> None:
-        jax.block_until_ready(evaluate(*eval_args))
+    def eval_step(cell=arch) -> None:
+        jax.block_until_ready(evaluate(replicated, *sharded, mask, *cell_args(cell)))
 
     return train_step, eval_step, parallel.replicate(train_state(variables, RECIPE))
 
@@ -173,13 +203,26 @@ def pipeline_wait(train_step: Callable, state, batch: int, steps: int) -> tuple[
     return host, float(np.mean(waits[1:])), float(np.mean(step_times[1:]))
 
 
+def time_row(row: Row, train_step: Callable, eval_step: Callable, holder: dict, cells: Callable) -> None:
+    """Fill ``row``'s times; ``cells(i)`` is the cell of timed call ``i``."""
+
+    def one_step(i: int) -> None:
+        holder["state"] = train_step(holder["state"], cell=cells(i))
+
+    row.train_s, row.train_fastest, train_first = timed(one_step, FLAGS.steps)
+    row.eval_s, row.eval_fastest, eval_first = timed(lambda i: eval_step(cells(i)), FLAGS.steps)
+    row.compile_s = train_first - row.train_s + eval_first - row.eval_s
+
+
 def throughput_table() -> None:
-    backend = jax.default_backend()
-    arch = tuple(CifarWsSpace().from_string(FLAGS.arch))
+    space = CifarWsSpace()
+    arch = tuple(space.from_string(FLAGS.arch))
     batch = FLAGS.batch
     parallel.shard(np.zeros(batch), jax.local_device_count())  # fails early on an indivisible batch
-    print(f"devices: {jax.local_device_count()} x {jax.devices()[0].device_kind} ({backend}); "
-          f"cell {FLAGS.arch}; batch {batch}")
+    name = machine()
+    reference = pytorch_figures(name)
+    print(f"devices: {jax.local_device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()}, "
+          f"{name}); cell {FLAGS.arch}; batch {batch}; median of {FLAGS.steps} steps (fastest)")
     peak = FLAGS.peak_tflops
     header = ("| network | F | N | batch | mode | train images/s | eval images/s | supernet / fixed step "
               "(train, eval) | compile s (train + eval) | vs PyTorch (train, eval) |")
@@ -189,7 +232,9 @@ def throughput_table() -> None:
     print("|---" * (header.count("|") - 1) + "|")
     fastest = None
     notes = ["supernet eval normalises with batch statistics, as NAO-WS scores cells; the fixed network's "
-             "with its running averages"]
+             "with its running averages",
+             "vs PyTorch: " + ("figures measured in another sitting on this kind of machine, indicative only"
+                               if reference else f"no figures of the original code for {name}")]
     for size in FLAGS.sizes:
         config = SIZES[size]
         flops = forward_flops(config, arch, batch) if peak else 0.0
@@ -197,30 +242,31 @@ def throughput_table() -> None:
             notes.append(f"{size}: {flops / batch / 1e9:.3f} GFLOP per image in the forward pass")
         fixed = None
         for mode in FLAGS.modes:
-            row = Row(size, mode, config)
-            train_step, eval_step, state = build(row, arch, batch)
-            holder = {"state": state}
-
-            def one_step(train_step=train_step, holder=holder):
-                holder["state"] = train_step(holder["state"])
-
-            row.train_s, train_first = timed(one_step, FLAGS.steps)
-            row.eval_s, eval_first = timed(eval_step, FLAGS.steps)
-            row.compile_s = train_first - row.train_s + eval_first - row.eval_s
-            fixed = row if mode == "fixed" else fixed
-            ratio = (f"{row.train_s / fixed.train_s:.2f}x, {row.eval_s / fixed.eval_s:.2f}x"
-                     if mode == "supernet" and fixed else "")
-            train_ips, eval_ips = batch / row.train_s, batch / row.eval_s
-            reference = PYTORCH.get(backend, {}).get((size, mode))
-            versus = f"{train_ips / reference[0]:.2f}x, {eval_ips / reference[1]:.2f}x" if reference else ""
-            line = (f"| {size} | {config.channels} | {config.layers} | {batch} | {mode} | {train_ips:.1f} | "
-                    f"{eval_ips:.1f} | {ratio} | {row.compile_s:.0f} | {versus} |")
-            if peak:
-                line += (f" {100 * 3 * flops / row.train_s / (peak * 1e12):.2f}%, "
-                         f"{100 * flops / row.eval_s / (peak * 1e12):.2f}% |")
-            print(line, flush=True)
-            if mode == "fixed" and (fastest is None or row.train_s < fastest[0].train_s):
-                fastest = (row, train_step, holder)
+            built = build(Row(size, mode, config), arch, batch)
+            holder = {"state": built[2]}
+            rows = [(Row(size, mode, config), lambda i: arch)]
+            if mode == "supernet":  # the same compiled steps, a random cell each call
+                rows.append((Row(size, "random", config),
+                             lambda i: tuple(space.sample(np.random.default_rng(i)))))
+            for row, cells in rows:
+                time_row(row, built[0], built[1], holder, cells)
+                fixed = row if mode == "fixed" else fixed
+                ratio = (f"{row.train_s / fixed.train_s:.2f}x, {row.eval_s / fixed.eval_s:.2f}x"
+                         if row.mode == "supernet" and fixed else "")
+                figures = reference.get((size, row.mode))
+                versus = (f"{batch / row.train_s / figures[0]:.2f}x, {batch / row.eval_s / figures[1]:.2f}x"
+                          if figures else "")
+                line = (f"| {size} | {config.channels} | {config.layers} | {batch} | "
+                        f"{'supernet, random cells' if row.mode == 'random' else row.mode} | "
+                        f"{batch / row.train_s:.1f} ({batch / row.train_fastest:.1f}) | "
+                        f"{batch / row.eval_s:.1f} ({batch / row.eval_fastest:.1f}) | {ratio} | "
+                        f"{row.compile_s:.0f} | {versus} |")
+                if peak:
+                    line += (f" {100 * 3 * flops / row.train_s / (peak * 1e12):.2f}%, "
+                             f"{100 * flops / row.eval_s / (peak * 1e12):.2f}% |")
+                print(line, flush=True)
+            if mode == "fixed" and (fastest is None or rows[0][0].train_s < fastest[0].train_s):
+                fastest = (rows[0][0], built[0], holder)
     print("\n" + "; ".join(notes))
     if FLAGS.pipeline_steps and fastest:
         row, train_step, holder = fastest

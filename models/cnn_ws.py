@@ -31,7 +31,7 @@ from nao.models.cnn import init_variables
 from nao.models.cnn_ops import WS_OPS
 from nao.models.cnn_supernet import make_supernet
 from nao.models.cnn_train import CnnTrainConfig, make_eval_step, make_train_step, num_classes, train_state
-from nao.models.training import check_batch, device_multiple
+from nao.models.training import Ticker, check_batch, device_multiple
 
 SUPERNET_PRESETS: dict[str, CnnTrainConfig] = {
     "paper": CnnTrainConfig(channels=20, layers=3, keep_prob=1.0, drop_path_keep_prob=0.9, use_aux_head=False,
@@ -96,6 +96,7 @@ class CifarSupernet:
         total_steps = self.steps_per_epoch * cfg.epochs
         key = jax.random.key(self.seed)
         start, metrics = time.perf_counter(), []
+        ticker = Ticker(f"supernet epoch {epoch + 1}/{cfg.epochs}", self.steps_per_epoch, "images")
         batches = prefetch(parallel.shard_to_devices(b, devices)
                            for b in epoch_batches(*self.train, cfg.batch_size, self.seed, epoch))
         try:
@@ -105,6 +106,8 @@ class CifarSupernet:
                     self._replicated, images, labels, lr, np.float32(step / total_steps), np.int32(step), key,
                     table[rng.integers(len(table))])
                 metrics.append(m)
+                if ticker.due():
+                    ticker.log(b + 1, (b + 1) * cfg.batch_size, {"loss": float(m["loss"][0])})
         finally:
             batches.close()
         values = jax.device_get(metrics)

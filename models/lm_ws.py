@@ -30,6 +30,7 @@ from nao.models.lm_train import (
     perplexity,
 )
 from nao.models.rnn import NUM_NODES, RecurrentLM, init_bank
+from nao.models.training import Ticker
 
 log = logging.getLogger("nao")
 
@@ -84,6 +85,10 @@ class LmSupernet:
         hidden = parallel.shard(np.zeros((cfg.batch_size, cfg.hidden_size), np.float32), devices)
         table = np.asarray(archs, np.int32)
         ce_total, count, start = 0.0, 0, time.perf_counter()
+        # Window lengths are random around bptt: the step count is an estimate, refined as it goes.
+        positions = self.stream.shape[1] - 1
+        ticker = Ticker(f"supernet epoch {epoch + 1}/{cfg.epochs}", -(-positions // cfg.bptt), "tokens",
+                        approximate=True)
         for step, window in enumerate(windows(self.stream, cfg.bptt, rng, cfg.length_bucket)):
             arch = table[rng.integers(len(table))]
             lr = np.float32(cfg.lr * window.length / cfg.bptt)
@@ -93,6 +98,9 @@ class LmSupernet:
                 jax.random.fold_in(key, step))
             ce_total += ce[0] * window.length
             count += window.length
+            if ticker.due():
+                ticker.log(step + 1, count * cfg.batch_size, {"loss": float(ce[0])},
+                           total=round((step + 1) * positions / count))
         mean = float(ce_total) / max(count, 1)
         seconds = time.perf_counter() - start
         return {"train_loss": mean, "train_ppl": perplexity(mean), "seconds": seconds,

@@ -487,6 +487,38 @@ def duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+class Ticker:
+    """Progress of a long loop that has no trainer of its own (a supernet's epoch): a log line at
+    most every ``every`` seconds with the steps done, a figure, the rate and the ETA of the loop.
+    The rate leaves out the steps before the first line, which hold the compilation."""
+
+    def __init__(self, what: str, total: int, unit: str, every: float = 5.0, approximate: bool = False):
+        self.what, self.total, self.unit, self.every = what, total, unit, every
+        self.mark = "~" if approximate else ""  # the total is an estimate (random window lengths)
+        self.last = time.perf_counter()
+        self.warm: tuple[float, int, int] | None = None  # (time, steps, examples) at the first line
+
+    def due(self) -> bool:
+        """Whether a line is due: callers fetch the figure from the device only then."""
+        return time.perf_counter() - self.last >= self.every
+
+    def log(self, done: int, examples: int, figures: dict[str, float], total: int | None = None) -> None:
+        """One line: ``done`` steps of ``total`` (``examples`` in all) and ``figures`` (e.g. the loss);
+        ``total`` updates an estimate made at the start."""
+        self.total = total or self.total
+        now = self.last = time.perf_counter()
+        if self.warm is None:
+            self.warm = (now, done, examples)
+            rate, eta = math.nan, math.nan
+        else:
+            start, steps, seen = self.warm
+            elapsed = max(now - start, 1e-9)
+            rate = (examples - seen) / elapsed
+            eta = max(self.total - done, 0) * elapsed / max(done - steps, 1)
+        log.info("%s  step %d/%s%d  %s  %s %s/s  ETA %s", self.what, done, self.mark, self.total,
+                 _text(figures), "?" if math.isnan(rate) else _rate(rate), self.unit, duration(eta))
+
+
 def config_from_meta(config_type: type, fields: dict[str, Any]) -> Any:
     """A config dataclass from a checkpoint's ``config`` field: fields this version does not know are
     ignored and missing ones take their defaults (the format policy of docs/checkpoints.md)."""

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
+import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +23,7 @@ from nao.history import History
 from nao.models import lm_ws
 from nao.models.checkpoint import CheckpointError, CheckpointStore
 from nao.search import SearchSettings, search
+from nao.spaces import get_space
 from nao.strategies import make_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,6 +141,21 @@ def test_the_scored_windows_come_from_split_seed_alone(ptb_dir):
     np.testing.assert_array_equal(streams[0, 0], streams[1, 0])
     assert not np.array_equal(streams[0, 0], streams[0, 1])
     np.testing.assert_array_equal(np.sort(streams[0, 1]), np.sort(corpus.valid))  # a rotation of it
+
+
+def test_a_supernet_epoch_logs_its_steps_as_it_goes(ptb_dir, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="nao")
+    monkeypatch.setattr(lm_ws, "Ticker", functools.partial(lm_ws.Ticker, every=0))  # a line every step
+    corpus = load_corpus("ptb", ptb_dir)
+    supernet = lm_ws.LmSupernet(lm_ws.SUPERNET_PRESETS["smoke"], corpus, 0, 2)
+    space = get_space("ptb_ws")
+    supernet.train_epoch([space.sample(np.random.default_rng(i)) for i in range(2)], 0)
+    found = [re.search(r"supernet epoch 1/2  step (\d+)/~(\d+)  loss \S+  .* tokens/s  ETA ", r.getMessage())
+             for r in caplog.records]
+    steps = [(int(m[1]), int(m[2])) for m in found if m]
+    assert [done for done, _ in steps] == list(range(1, len(steps) + 1)) and len(steps) > 3
+    # The estimate of the epoch's steps is refined until it is the count the epoch took.
+    assert abs(steps[-1][1] - len(steps)) <= 1
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
