@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
 from absl import app, flags
@@ -163,10 +164,20 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(2)
 
 
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's preemption, ``kill``): stop as Ctrl-C does, in one line (a BaseException,
+    as KeyboardInterrupt is, so that no handler of errors swallows it)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         print(f"error: unexpected arguments {' '.join(argv[1:])}: every setting is a --flag", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, _terminate)
     logging.getLogger("nao").setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax reports every save at INFO
     output_dir = FLAGS.output_dir
@@ -189,10 +200,10 @@ def main(argv: list[str]) -> int:
     except _USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"interrupted: continue with the same flags and --resume --output_dir={output_dir}",
-              file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as err:
+        how = "terminated" if isinstance(err, Terminated) else "interrupted"
+        print(f"{how}: continue with the same flags and --resume --output_dir={output_dir}", file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
     except OSError as err:
         if disk_full(err):
             print(f"error: no space left on device while writing {err.filename or 'the run directory'}: "

@@ -75,7 +75,9 @@ def test_killed_search_resumes_to_the_same_summary(tmp_path):
             == json.loads((reference / "summary.json").read_text()))
 
 
-def test_ctrl_c_stops_in_one_line_that_says_how_to_resume(tmp_path):
+@pytest.mark.parametrize("signum, code, word", [(signal.SIGINT, 130, "interrupted"),
+                                                 (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_or_sigterm_stops_in_one_line_that_says_how_to_resume(tmp_path, signum, code, word):
     out = tmp_path / "run"
     history = out / "histories" / "random" / "seed_0.jsonl"
     args = ["--preset=smoke", "--strategies=random", "--queries=15000", f"--output_dir={out}"]
@@ -87,12 +89,12 @@ def test_ctrl_c_stops_in_one_line_that_says_how_to_resume(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and not (history.exists() and len(history.read_text().splitlines()) > 50):
         time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == code
     lines = [line for line in stderr.splitlines()
              if line.strip() and not (line[0] in "IWE" and line[1:5].isdigit())]  # absl's log lines aside
-    assert lines == [f"interrupted: continue with the same flags and --resume --output_dir={out}"], stderr
+    assert lines == [f"{word}: continue with the same flags and --resume --output_dir={out}"], stderr
     assert len(history.read_text().splitlines()) > 50
 
 
