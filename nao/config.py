@@ -369,5 +369,8 @@ def _parse(text: str, hint: Any, current: Any, path: str) -> Any:
         if kind in (int, float, str):
             return kind(text)
     except ValueError:
-        raise ConfigError(f"--set={path}={text}: expected {_KIND_WORDS.get(kind, kind.__name__)}") from None
+        words = _KIND_WORDS.get(kind, kind.__name__)
+        if kind is tuple:  # a list of what
+            words += f" of {_KIND_WORDS[typing.get_args(kinds[0])[0]].split(' ', 1)[1]}s"
+        raise ConfigError(f"--set={path}={text}: expected {words}") from None
     raise ConfigError(f"--set={path}: a {type(current).__name__} field cannot be set from the command line")

@@ -82,6 +82,7 @@ def test_presets_then_the_values_given_then_field_overrides():
     ({"child_epochs": 3}, (), r"^--child_epochs does not apply to --mode=search: drop it"),
     ({"mode": "dance"}, (), r"^mode='dance' is unknown"),
     ({}, ("controller.emb_size=many",), r"^--set=controller\.emb_size=many: expected an integer$"),
+    ({}, ("nao.etas=1,x",), r"^--set=nao\.etas=1,x: expected a comma list of numbers$"),
     ({}, ("controller.size=3",), r"^--set=controller\.size=\.\.\.: ControllerConfig has no field 'size'"),
     ({}, ("nao.ucb_kappa=-1",), r"^nao\.ucb_kappa=-1\.0 .* >= 0\.0 \(--set=nao\.ucb_kappa=\.\.\.\)$"),
     ({}, ("emb_size",), r"^--set='emb_size': write FIELD=VALUE"),
