@@ -470,12 +470,26 @@ def append_csv(path: Path, row: dict[str, Any]) -> None:
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """A CSV file holding exactly ``rows`` (none: no file); process 0 only."""
+    """A CSV file holding exactly ``rows`` (none: no file), replaced in one rename so that a kill
+    leaves the old file or the new one; process 0 only."""
     if not is_primary():
         return
-    path.unlink(missing_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)
     for row in rows:
-        append_csv(path, row)
+        append_csv(partial, row)
+    if rows:
+        os.replace(partial, path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file this module wrote (none if it does not exist)."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 def duration(seconds: float) -> str:

@@ -38,7 +38,7 @@ from nao.evaluators import EvaluatorSetup, get_evaluator
 from nao.history import History
 from nao.models.checkpoint import CheckpointStore
 from nao.models.files import file_sha256, is_primary, write_json
-from nao.models.training import append_csv, duration
+from nao.models.training import duration, read_csv, write_csv
 from nao.search import Progress, SearchSettings, best_so_far, final_rows, round_records, search
 from nao.spaces import SearchSpace, get_space
 from nao.strategies import STRATEGIES, NaoOptions, make_strategy
@@ -188,8 +188,13 @@ def _log_progress(name: str, seed: int, score_name: str) -> Callable[[Progress],
 
 
 def _log_epoch(name: str, seed: int, folder: Path, epochs: int) -> Callable[[dict[str, float]], None]:
+    path = folder / "train.csv"
+    rows: list[dict[str, Any]] = read_csv(path)  # a resumed search's epochs
+
     def report(stats: dict[str, float]) -> None:
-        append_csv(folder / "train.csv", stats)
+        # An epoch trained again after a resume (killed before its checkpoint) replaces its row.
+        rows[:] = [row for row in rows if float(row["epoch"]) < stats["epoch"]] + [stats]
+        write_csv(path, rows)
         eta = stats["seconds"] * (epochs - stats["epoch"])
         values = ", ".join(f"{k} {v:.4g}" for k, v in stats.items() if k != "epoch")
         log.info("%-9s seed %-3d epoch %d/%d: %s; ETA %s (scoring rounds not included)", name, seed,

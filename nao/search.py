@@ -295,7 +295,8 @@ def search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, setting
 
     Returns every row (one per architecture and round it was scored in) in order. ``store`` holds the
     checkpoints (required by an evaluator with state) and ``meta`` is written into each; ``on_epoch``
-    gets each training epoch's statistics, ``on_progress`` each round's progress.
+    gets each training epoch's statistics (after a resume again for an epoch trained again, whose
+    checkpoint a kill prevented), ``on_progress`` each round's progress.
     """
     settings.validate()
     if store is None and evaluator.save_state() is not None:
@@ -316,10 +317,10 @@ def search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, setting
         for stats in evaluator.train_round(pool, until):
             # Nothing of a diverged epoch is saved: a resume continues from the last good one.
             check_finite(stats["train_loss"], stats["epoch"], 0, store)
+            if on_epoch is not None:  # before the save: a kill between the two loses no epoch's record
+                on_epoch(stats)
             if stats["epoch"] < until:  # the round's last epoch is saved with the round's outcome
                 run.save(stats["epoch"], round_index, pool)
-            if on_epoch is not None:
-                on_epoch(stats)
         rows = run.score(pool, round_index)
         ranked = Pool(space)
         for arch, row in zip(pool, rows, strict=True):

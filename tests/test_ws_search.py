@@ -105,6 +105,26 @@ def test_a_killed_search_resumes_to_the_same_result(finished, ptb_dir, tmp_path,
     assert len(history(out, strategy)) == 3 * SETTINGS.pool_size  # nothing scored twice
 
 
+def test_a_kill_while_scoring_leaves_one_row_per_epoch_after_the_resume(finished, ptb_dir, tmp_path,
+                                                                        monkeypatch):
+    # Round 0's epoch is trained and recorded, but its checkpoint comes with the round's scores: a
+    # kill while scoring makes the resume train that epoch again.
+    reference, _ = finished
+    out = tmp_path / "killed"
+    config = ws_config(ptb_dir, strategies=("random",))
+    with monkeypatch.context() as patch:
+        patch.setattr(lm_ws.LmSupernet, "score", lambda self, archs: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(config, out, plots=False)
+    train_csv = out / "searches" / "random" / "seed_0" / "train.csv"
+    assert [row["epoch"] for row in csv.DictReader(train_csv.open())] == ["1"]
+    run_experiment(config, out, resume=True, plots=False)
+    rows = list(csv.DictReader(train_csv.open()))
+    assert [row["epoch"] for row in rows] == ["1", "2", "3"]
+    expected = list(csv.DictReader((reference / "searches" / "random" / "seed_0" / "train.csv").open()))
+    assert [row["train_loss"] for row in rows] == [row["train_loss"] for row in expected]
+
+
 def test_resume_refuses_other_settings(finished, ptb_dir):
     out, _ = finished
     other = dataclasses.replace(SETTINGS, pool_size=9)
