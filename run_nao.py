@@ -35,7 +35,7 @@ from nao.models.tasks import TASKS
 from nao.models.training import TrainingDivergedError
 from nao.search import SearchError
 from nao.spaces import SPACES, InvalidArchitectureError
-from nao.strategies import STRATEGIES
+from nao.strategies import DEFAULT_STRATEGIES, STRATEGIES
 
 FLAGS = flags.FLAGS
 _OURS: list[str] = []  # the flags of this file, the only ones that reach the configuration
@@ -55,8 +55,8 @@ _define("string", "evaluator", "table", f"search: one of {', '.join(EVALUATORS)}
         "architectures up in a benchmark table (nb201, nb101); 'supernet' scores them with a weight-sharing "
         "supernet that trains between rounds (ptb_ws, cifar_ws): NAO-WS with --strategies=nao, random "
         "search with weight sharing with --strategies=random.")
-_define("list", "strategies", list(STRATEGIES), f"Comma list of strategies from: {', '.join(STRATEGIES)} "
-        "(default: all of them for tables, nao for supernets).")
+_define("list", "strategies", list(DEFAULT_STRATEGIES), f"Comma list of strategies from: "
+        f"{', '.join(STRATEGIES)} (default: {', '.join(DEFAULT_STRATEGIES)} for tables, nao for supernets).")
 _define("integer", "queries", None, "Budget per search: architectures scored for the first time (default: "
         "the preset's; 150 for tables, no limit for supernets, whose budget is their epochs).")
 _define("integer", "seeds", 1, "Searches per strategy, with seeds first_seed .. first_seed+seeds-1.")

@@ -1,13 +1,15 @@
-"""NAO against random search, regularized evolution and local search on NAS-Bench-201.
+"""NAO against BANANAS, random search, regularized evolution and local search on NAS-Bench-201.
 
 Prints, for every strategy side by side: mean +- std test accuracy of the
-best-by-validation architecture after 50/100/150/300 queries over many seeds,
-the share of seeds that found the optimum, and wall time; then the controller
+best-by-validation architecture after 25/50/100/150/300 queries over many seeds,
+the share of seeds that found the optimum after 50/100/150/300 queries and the
+first budget by which every seed had, and wall time; then the controller
 predictor's Kendall tau on held-out architectures against the number of
 training architectures.
 
     python benchmarks/nb201_search.py                 # 50 seeds, 300 queries, all strategies
     python benchmarks/nb201_search.py --seeds=10 --strategies=nao --preset=paper
+    python benchmarks/nb201_search.py --strategies=bananas --tau_sizes=   # BANANAS alone, no tau table
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from nao.evaluators import Nb201TableEvaluator
 from nao.history import History
 from nao.search import SearchSettings, best_so_far, search
 from nao.spaces import NasBench201Space
-from nao.strategies import NAO_PRESETS, STRATEGIES, make_strategy
+from nao.strategies import NAO_PRESETS, STRATEGIES, BananasOptions, make_strategy
 from nao.strategies.nao import normalize_targets
 
 FLAGS = flags.FLAGS
@@ -39,7 +41,8 @@ flags.DEFINE_list("tau_sizes", ["50", "100", "200", "500", "1000"], "Training-se
 flags.DEFINE_integer("tau_repeats", 3, "Random training sets per size.")
 flags.DEFINE_integer("tau_holdout", 2000, "Held-out architectures scored for Kendall tau.")
 
-CHECKPOINTS = (50, 100, 150, 300)
+CHECKPOINTS = (25, 50, 100, 150, 300)  # budgets the accuracy is reported at
+FOUND_AT = (50, 100, 150, 300)  # budgets the share of seeds that found the optimum is reported at
 
 
 def nao_options():
@@ -51,11 +54,13 @@ def nao_options():
 
 def search_table(space, evaluator, optimum: float) -> None:
     print(f"\nNAS-Bench-201 CIFAR-10: test accuracy (%) of the best-by-validation architecture, "
-          f"{FLAGS.seeds} seeds, nao: preset {FLAGS.preset!r}, {nao_options()}")
+          f"{FLAGS.seeds} seeds, nao: preset {FLAGS.preset!r}, {nao_options()}, bananas: {BananasOptions()}")
     points = [q for q in CHECKPOINTS if q <= FLAGS.queries]
+    found_at = [q for q in FOUND_AT if q <= FLAGS.queries] or [FLAGS.queries]
     header = " | ".join(f"@{q:<13d}" for q in points)
-    print(f"| strategy  | {header} | optimum found | wall s/seed | first seed @150 (s) |")
-    print("|" + "---|" * (len(points) + 4))
+    found_header = " | ".join(f"found @{q}" for q in found_at)
+    print(f"| strategy  | {header} | {found_header} | all found by | wall s/seed | first seed @150 (s) |")
+    print("|" + "---|" * (len(points) + len(found_at) + 4))
     for name in FLAGS.strategies:
         curves, walls, first_150 = [], [], None
         for seed in range(FLAGS.seeds):
@@ -68,10 +73,13 @@ def search_table(space, evaluator, optimum: float) -> None:
                 first_150 = built + rows[149]["elapsed"]  # building the controller and compiling included
             curves.append(best_so_far(rows)[1])
         curves = np.asarray(curves)
+        found = np.isclose(curves, optimum)  # (seeds, queries): the seed's best so far is the optimum
         cells = " | ".join(f"{curves[:, q - 1].mean():.2f} +- {curves[:, q - 1].std():.2f}" for q in points)
-        hit = np.mean(np.isclose(curves[:, -1], optimum))
+        shares = " | ".join(f"{found[:, q - 1].mean():5.0%}" for q in found_at)
+        everyone = np.flatnonzero(found.all(0))
+        all_by = str(everyone[0] + 1) if len(everyone) else "-"
         first = f"{first_150:.1f}" if first_150 is not None else "-"
-        print(f"| {name:9s} | {cells} | {hit:5.0%} | {np.mean(walls):.2f} | {first} |", flush=True)
+        print(f"| {name:9s} | {cells} | {shares} | {all_by} | {np.mean(walls):.2f} | {first} |", flush=True)
 
 
 def tau_table(space, table) -> None:

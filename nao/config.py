@@ -31,7 +31,7 @@ from nao.models.cnn_train import CnnTrainConfig
 from nao.models.lm_train import LmTrainConfig
 from nao.search import SearchSettings
 from nao.spaces import SPACES
-from nao.strategies import STRATEGIES
+from nao.strategies import STRATEGIES, BananasOptions
 from nao.strategies.nao import ACQUISITIONS, TARGETS, NaoOptions
 from nao.validation import (
     NON_NEGATIVE,
@@ -118,6 +118,11 @@ rules_for(NaoOptions, {
     "init_size": NON_NEGATIVE, "per_iteration": _SIZE, "top_k": _SIZE, "etas": each(number(above=0.0)),
     "max_eta": NON_NEGATIVE, "acquisition": choice(ACQUISITIONS), "ucb_kappa": number(0.0),
     "targets": choice(TARGETS), "neighbor_seeds": NON_NEGATIVE, "local_slots": NON_NEGATIVE,
+})
+rules_for(BananasOptions, {
+    "init_size": _SIZE, "per_iteration": _SIZE, "candidates": _SIZE, "parents": _SIZE,
+    "edit_probability": PROBABILITY, "ensemble": _SIZE, "layers": _SIZE, "units": _SIZE,
+    "learning_rate": RATE, "epochs": _SIZE, "batch_size": _SIZE,
 })
 rules_for(SearchSettings, {
     "queries": NON_NEGATIVE, "epochs": NON_NEGATIVE, "round_epochs": NON_NEGATIVE,

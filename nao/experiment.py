@@ -41,7 +41,7 @@ from nao.models.files import file_sha256, is_primary, write_json
 from nao.models.training import duration, read_csv, write_csv
 from nao.search import Progress, SearchSettings, best_so_far, final_rows, round_records, search
 from nao.spaces import SearchSpace, get_space
-from nao.strategies import STRATEGIES, NaoOptions, make_strategy
+from nao.strategies import DEFAULT_STRATEGIES, STRATEGIES, BananasOptions, NaoOptions, make_strategy
 
 log = logging.getLogger("nao")
 
@@ -53,11 +53,12 @@ class RunDirError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """One run. ``preset`` (None: the evaluator's default) supplies ``search``, ``controller`` and
-    ``nao`` where they are None; ``resolved()`` is the config with all of them set."""
+    ``nao`` where they are None, and ``bananas`` is BANANAS' defaults where it is None;
+    ``resolved()`` is the config with all of them set."""
 
     space: str = "nb201"
     evaluator: str = "table"  # a name of nao.evaluators.EVALUATORS
-    strategies: tuple[str, ...] = tuple(STRATEGIES)
+    strategies: tuple[str, ...] = DEFAULT_STRATEGIES
     seeds: int = 1
     first_seed: int = 0  # searches use seeds first_seed .. first_seed + seeds - 1
     split_seed: int = 0  # fixes the data cells are scored on (supernet), the same for every search
@@ -65,6 +66,7 @@ class ExperimentConfig:
     search: SearchSettings | None = None  # None: the preset's
     controller: ControllerConfig | None = None  # None: the preset's
     nao: NaoOptions | None = None  # None: the preset's
+    bananas: BananasOptions | None = None  # None: BananasOptions(), the authors' NAS-Bench-201 settings
     # evaluator 'table'
     benchmark_file: str | None = None
     valid_key: str | None = None  # None: the table's own (NB201: cifar10_valid_acc)
@@ -89,7 +91,7 @@ class ExperimentConfig:
         preset = presets[name]
         return dataclasses.replace(self, preset=name, search=self.search or preset.search,
                                    controller=self.controller or preset.controller,
-                                   nao=self.nao or preset.nao)
+                                   nao=self.nao or preset.nao, bananas=self.bananas or BananasOptions())
 
     def validate(self) -> None:
         """Check a resolved config."""
@@ -285,7 +287,7 @@ def run_experiment(config: ExperimentConfig, output_dir: str | os.PathLike, resu
             store = CheckpointStore(folder / "checkpoints") if evaluator.save_state() is not None else None
             if history.rows:
                 log.info("%s seed %d: resuming after %d recorded scores", name, seed, len(history.rows))
-            strategy = make_strategy(name, space, seed, config.controller, config.nao)
+            strategy = make_strategy(name, space, seed, config.controller, config.nao, config.bananas)
             rows = search(space, strategy, evaluator, config.search, history, store, meta=meta,
                           on_progress=_log_progress(name, seed, score_name),
                           on_epoch=_log_epoch(name, seed, folder, config.search.epochs))

@@ -100,7 +100,7 @@ def test_ctrl_c_or_sigterm_stops_in_one_line_that_says_how_to_resume(tmp_path, s
 
 @pytest.mark.parametrize("args, expected", [
     (["--space=nb999"], "unknown space 'nb999'"),
-    (["--strategies=nao,annealing"], "one of nao, random, evolution, local ('annealing' is not)"),
+    (["--strategies=nao,annealing"], "one of nao, random, evolution, local, bananas ('annealing' is not)"),
     (["--queries=3"], "raise search.queries or lower nao.init_size"),
     (["--preset=huge"], "unknown preset 'huge' for evaluator 'table': choose one of paper, default, smoke"),
     (["--mode=evaluate", "--arch=|conv~0|+|"], "bad NAS-Bench-201"),

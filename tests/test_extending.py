@@ -26,7 +26,7 @@ def test_a_space_and_a_strategy_are_a_file_and_a_registry_line_each(monkeypatch)
     HillClimb = extending_example("hill_climb").HillClimb
 
     monkeypatch.setitem(SPACES, "bits", BitSpace)
-    monkeypatch.setitem(STRATEGIES, "climb", lambda space, seed, controller, nao: HillClimb(space, seed))
+    monkeypatch.setitem(STRATEGIES, "climb", lambda space, seed, options: HillClimb(space, seed))
 
     space = get_space("bits")
     rows = search(space, make_strategy("climb", space, seed=0), OnesCount(),

@@ -8,7 +8,7 @@ architecture is an opaque, hashable value owned by its space.
 from __future__ import annotations
 
 import abc
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
 
@@ -16,6 +16,23 @@ import numpy as np
 Edge = tuple[int, int, str]
 CellGraph = tuple[list[str], list[Edge]]
 TitledCellGraph = tuple[str, list[str], list[Edge]]
+
+
+def path_encoding(paths: Iterable[Sequence[int]], num_ops: int, min_length: int,
+                  max_length: int) -> np.ndarray:
+    """The path encoding of White et al. (2021, BANANAS): a float32 vector with one entry per
+    sequence of ``min_length``..``max_length`` operations (ids in [0, num_ops)), shorter sequences
+    first and each length in lexicographic order, set to 1 for every sequence in ``paths`` (a
+    cell's input->output paths, written as the operations along each)."""
+    sizes = [num_ops ** length for length in range(min_length, max_length + 1)]
+    offsets = np.cumsum([0, *sizes])
+    out = np.zeros(offsets[-1], np.float32)
+    for path in paths:
+        index = 0
+        for op in path:
+            index = index * num_ops + op
+        out[offsets[len(path) - min_length] + index] = 1.0
+    return out
 
 
 class InvalidArchitectureError(ValueError):
@@ -102,6 +119,17 @@ class SearchSpace(abc.ABC):
         """
         del arch
         return None
+
+    def features(self, arch: Hashable) -> np.ndarray:
+        """A fixed-length float32 vector describing ``arch``, for predictors that are not sequence
+        models (BANANAS' MLPs).
+
+        By default the one-hot encoding of ``to_tokens``, flattened to (seq_len * vocab_size,). Cell
+        spaces whose operations lie on input->output paths override it with the path encoding of
+        White et al. (2021): one entry per possible sequence of operations along such a path, 1 where
+        the cell has that path.
+        """
+        return np.eye(self.vocab_size, dtype=np.float32)[self.to_tokens(arch)].ravel()
 
     def tokens_batch(self, archs: Sequence[Hashable]) -> np.ndarray:
         """(len(archs), seq_len) int32 token matrix."""

@@ -30,7 +30,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from nao.spaces.base import InvalidArchitectureError, SearchSpace
+from nao.spaces.base import InvalidArchitectureError, SearchSpace, path_encoding
 
 INPUT, OUTPUT = "input", "output"
 CONV1X1, CONV3X3, MAXPOOL3X3 = "conv1x1-bn-relu", "conv3x3-bn-relu", "maxpool3x3"
@@ -255,6 +255,23 @@ class NasBench101Space(SearchSpace):
         n = arch.num_vertices
         edges = [(i, j, "") for i in range(n) for j in range(i + 1, n) if arch.matrix[i][j]]
         return [op.replace("-bn-relu", "") for op in arch.ops], edges
+
+    def features(self, arch: Nb101Arch) -> np.ndarray:
+        """The path encoding (White et al., 2021): 1 + 3 + ... + 3^5 = 364 entries, one per sequence of
+        0 to 5 inner operations along an input->output path."""
+        n = arch.num_vertices
+        paths: list[list[int]] = []
+        stack: list[tuple[int, list[int]]] = [(0, [])]
+        while stack:
+            vertex, ops = stack.pop()
+            for nxt in range(vertex + 1, n):
+                if not arch.matrix[vertex][nxt]:
+                    continue
+                if nxt == n - 1:
+                    paths.append(ops)
+                else:
+                    stack.append((nxt, [*ops, INNER_OPS.index(arch.ops[nxt])]))
+        return path_encoding(paths, len(INNER_OPS), 0, MAX_VERTICES - 2)
 
     def neighbors(self, arch: Nb101Arch) -> list[Nb101Arch]:
         """Every valid cell one edit away, pruned, in a fixed order. The edits are:

@@ -7,11 +7,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from nao.spaces.base import InvalidArchitectureError, SearchSpace
+from nao.spaces.base import InvalidArchitectureError, SearchSpace, path_encoding
 
 OP_NAMES = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 # Edge k goes from EDGES[k][0] to EDGES[k][1], in the order the official string lists them.
 EDGES = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))
+# Every input->output route through the cell, as the edges (indices into EDGES) it follows.
+ROUTES = ((3,), (0, 4), (1, 5), (0, 2, 5))
 _EDGE_RE = re.compile(r"^([a-z_0-9]+)~(\d)$")
 
 Arch = tuple[int, ...]
@@ -82,6 +84,13 @@ class NasBench201Space(SearchSpace):
         mask = np.zeros((self.seq_len, self.vocab_size), bool)
         mask[:, 1:] = True
         return mask
+
+    def features(self, arch: Arch) -> np.ndarray:
+        """The path encoding (White et al., 2021): 4 + 16 + 64 = 84 entries, one per sequence of 1 to 3
+        of the four operations other than 'none'; a route through a 'none' edge is no path. The two
+        2-edge routes share their entry when they carry the same operations."""
+        paths = [[arch[e] - 1 for e in route] for route in ROUTES if all(arch[e] != 0 for e in route)]
+        return path_encoding(paths, self.num_ops - 1, 1, 3)
 
     def graph(self, arch: Arch) -> tuple[list[str], list[tuple[int, int, str]]]:
         # 'none' edges carry nothing, so they are left out of the drawing.

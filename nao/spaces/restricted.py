@@ -84,6 +84,9 @@ class TableRestrictedSpace(SearchSpace):
             options = [a for k, a in self._allowed.items() if k != key] or [arch]
         return options[rng.integers(len(options))]
 
+    def features(self, arch: Hashable) -> np.ndarray:
+        return self.space.features(arch)
+
     def symmetry_permutations(self) -> np.ndarray:
         return self.space.symmetry_permutations()
 
