@@ -37,7 +37,9 @@ from nao.controller import ControllerConfig
 from nao.evaluators import EvaluatorSetup, get_evaluator
 from nao.history import History
 from nao.models.checkpoint import CheckpointStore
+from nao.models.cnn_train import CnnTrainConfig
 from nao.models.files import file_sha256, is_primary, write_json
+from nao.models.lm_train import LmTrainConfig
 from nao.models.training import append_csv, duration
 from nao.search import Progress, SearchSettings, best_so_far, final_rows, round_records, search
 from nao.spaces import SearchSpace, get_space
@@ -75,6 +77,10 @@ class ExperimentConfig:
     score_windows: int = 10  # PTB: validation windows each cell is scored on (0: the whole stream)
     score_batches: int = 1  # CIFAR: hold-out batches of 500 each cell is scored on (0: all of it)
     supernet_lr: float | None = None  # None: the supernet recipe's learning rate
+    # evaluator 'train'
+    candidate: CnnTrainConfig | LmTrainConfig | None = None  # each candidate's recipe; None: the preset's
+    executor: str = "local"  # a name of nao.executors.EXECUTORS: where candidates train
+    workers: int = 0  # candidates trained at once; 0: the executor's default (one per GPU, else 1)
 
     def resolved(self) -> ExperimentConfig:
         """This config with the preset's settings filled in; ValueError for an unknown space,
@@ -89,7 +95,7 @@ class ExperimentConfig:
         preset = presets[name]
         return dataclasses.replace(self, preset=name, search=self.search or preset.search,
                                    controller=self.controller or preset.controller,
-                                   nao=self.nao or preset.nao)
+                                   nao=self.nao or preset.nao, candidate=self.candidate or preset.candidate)
 
     def validate(self) -> None:
         """Check a resolved config."""
@@ -277,6 +283,7 @@ def run_experiment(config: ExperimentConfig, output_dir: str | os.PathLike, resu
             evaluator = setup.make(seed)
             rescored, score_name = evaluator.rescores, evaluator.score_name
             folder = output_dir / "searches" / name / f"seed_{seed}"
+            evaluator.use_folder(folder)
             store = CheckpointStore(folder / "checkpoints") if evaluator.save_state() is not None else None
             if history.rows:
                 log.info("%s seed %d: resuming after %d recorded scores", name, seed, len(history.rows))
