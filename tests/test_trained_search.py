@@ -8,7 +8,6 @@ killed twice fails its job and the others go on; bad values of the new settings 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -18,19 +17,33 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import write_cifar
+from conftest import QUICK_XLA, write_cifar
 from worker_tasks import Napper
 
-from nao.child_training import transfer_child
 from nao.config import assemble
+from nao.data.text import load_corpus
 from nao.evaluators.trained import SEARCH_RECIPES, load_search_data
 from nao.executors import LocalExecutor
 from nao.experiment import ExperimentConfig, run_experiment
 from nao.history import History
 from nao.models.checkpoint import CheckpointStore
+from nao.models.tasks import transferred_weights
 from nao.search import SearchSettings
 from nao.validation import ConfigError
+
+
+@pytest.fixture(scope="module", autouse=True)
+def quick_workers(tmp_path_factory):
+    """Workers (which inherit the environment) compile cheaply and share one compilation cache, so only
+    the first worker of the module compiles the candidates' steps."""
+    cache = tmp_path_factory.mktemp("jax_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in {**QUICK_XLA, "JAX_COMPILATION_CACHE_DIR": str(cache),
+                            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}.items():
+            patch.setenv(name, value)
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +55,7 @@ def no_test_dir(ptb_dir, tmp_path_factory) -> Path:
     return folder
 
 
-def search_config(data_dir: Path, queries: int = 2, **changes) -> ExperimentConfig:
+def search_config(data_dir: Path, queries: int = 3, **changes) -> ExperimentConfig:
     return ExperimentConfig(space="ptb", evaluator="train", preset="smoke", strategies=("random",),
                             data_dir=str(data_dir), search=SearchSettings(queries=queries, top=2), **changes)
 
@@ -53,14 +66,29 @@ def rows_of(out: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def finished(no_test_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("trained") / "run"
-    return out, run_experiment(search_config(no_test_dir), out)
+    """A 3-candidate search whose driver dies after the 2nd candidate trained but before its row was
+    written, then resumed: (run dir, summary, the checkpoint steps written before the kill: mtimes)."""
+    out, config = tmp_path_factory.mktemp("trained") / "run", search_config(no_test_dir)
+    real_append = History.append
+
+    def dies_on_second_row(self, row):
+        if len(self.rows) == 1:
+            raise KeyboardInterrupt
+        real_append(self, row)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(History, "append", dies_on_second_row)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(config, out)
+    steps = out.glob("searches/random/seed_0/candidates/*/checkpoints/*")
+    before = {step: step.stat().st_mtime_ns for step in steps}
+    return out, run_experiment(config, out, resume=True), before
 
 
 def test_rows_carry_score_cost_and_checkpoint(finished):
-    out, summary = finished
+    out, summary, _ = finished
     rows = rows_of(out)
-    assert len({r["key"] for r in rows}) == 2
+    assert len(rows) == len({r["key"] for r in rows}) == 3
     recipe = SEARCH_RECIPES["lm"]["smoke"]
     for row in rows:
         assert math.isfinite(row["valid_ppl"]) and row["valid"] == -row["valid_ppl"]
@@ -76,18 +104,34 @@ def test_rows_carry_score_cost_and_checkpoint(finished):
     assert (out / "search_curves.png").exists()
 
 
-def test_a_candidate_checkpoint_transfers(finished, wt2_dir, tmp_path):
-    out, _ = finished
-    source = rows_of(out)[0]["checkpoint"]
-    recipe = dataclasses.replace(SEARCH_RECIPES["lm"]["smoke"], max_steps=2)
-    metrics = transfer_child(source, "wikitext2", str(wt2_dir), recipe, tmp_path / "wt2")
-    assert math.isfinite(metrics["valid_ppl"])
-    meta = CheckpointStore(tmp_path / "wt2" / "checkpoints", create=False).read_meta()
-    assert meta["transfer"]["from"] == str(Path(source) / "checkpoints") and meta["dataset"] == "wikitext2"
+def test_a_resumed_driver_trains_no_candidate_twice(finished):
+    out, _, before = finished
+    assert len(before) == 2  # two candidates had trained (one of them without a row) when it died
+    assert {step: step.stat().st_mtime_ns for step in before} == before  # untouched by the resume
+    assert len(list(out.glob("searches/random/seed_0/candidates/*/checkpoints/*"))) == 3
+
+
+def test_a_candidate_checkpoint_is_what_transfer_takes(finished, wt2_dir, tmp_path):
+    out, _, _ = finished
+    source = Path(rows_of(out)[0]["checkpoint"])
+    config = assemble({"mode": "transfer", "from_checkpoint": str(source), "dataset": "wikitext2",
+                       "data_dir": str(wt2_dir), "child_preset": "smoke", "output_dir": str(tmp_path / "t")})
+    assert config.job.space == "ptb"
+    # What --mode=transfer starts from: the candidate's weights in a model of WikiText-2's vocabulary.
+    store = CheckpointStore(source / "checkpoints", create=False)
+    recipe, vocab = SEARCH_RECIPES["lm"]["smoke"], len(load_corpus("wikitext2", wt2_dir).vocab)
+    size = recipe.hidden_size
+    fresh = {"cell": np.zeros((11, size, 2 * size), np.float32), "w_input": np.zeros((2 * size, 2 * size),
+             np.float32), "embedding": np.zeros((vocab, size), np.float32),
+             "softmax_bias": np.zeros(vocab, np.float32)}
+    started = transferred_weights(store, fresh)
+    # The cell's trained matrices come from the candidate; the vocabulary's layers stay fresh.
+    assert np.any(started["cell"] != 0) and np.any(started["w_input"] != 0)
+    assert not np.any(started["embedding"]) and started["embedding"].shape[0] == vocab
 
 
 def test_two_workers_give_the_rows_of_one(finished, no_test_dir, tmp_path):
-    out, _ = finished
+    out, _, _ = finished
     two = run_experiment(search_config(no_test_dir, workers=2), tmp_path / "two", plots=False)
     one = {r["key"]: r["valid_ppl"] for r in rows_of(out)}
     assert {r["key"]: pytest.approx(r["valid_ppl"], rel=1e-4) for r in rows_of(tmp_path / "two")} == one
@@ -105,29 +149,6 @@ def test_a_diverged_candidate_is_a_failed_row_and_the_search_ends(ptb_dir, tmp_p
     assert all("loss became" in r["error"] for r in rows)
     assert summary["strategies"]["random"]["seeds"][0]["queries"] == 2
     assert (tmp_path / "nan" / "search_curves.png").exists()
-
-
-def test_a_killed_driver_resumes_without_training_a_candidate_twice(ptb_dir, tmp_path, monkeypatch):
-    out, config = tmp_path / "run", search_config(ptb_dir, queries=3)
-    real_append = History.append
-
-    def dies_on_second_row(self, row):
-        if len(self.rows) == 1:
-            raise KeyboardInterrupt  # the driver dies after the 2nd candidate trained, before its row
-        real_append(self, row)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(History, "append", dies_on_second_row)
-        with pytest.raises(KeyboardInterrupt):
-            run_experiment(config, out, plots=False)
-    candidates = out / "searches" / "random" / "seed_0" / "candidates"
-    trained = {p: p.stat().st_mtime_ns for p in candidates.glob("*/checkpoints/*")}
-    assert len(trained) == 2  # both finished candidates, one of them without a row
-    run_experiment(config, out, resume=True, plots=False)
-    rows = rows_of(out)
-    assert len(rows) == len({r["key"] for r in rows}) == 3
-    assert {p: p.stat().st_mtime_ns for p in trained} == trained  # nothing trained again
-    assert len(list(candidates.glob("*/checkpoints/*"))) == 3
 
 
 def test_a_worker_killed_twice_fails_its_job_and_the_others_finish(tmp_path):

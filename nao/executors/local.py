@@ -4,9 +4,9 @@ Each worker is a process started with multiprocessing's 'spawn' context (a fresh
 fork of a process that holds JAX's runtime). Before it unpickles its ``WorkerTask`` (and so before JAX
 starts a backend) a worker is given its device: on GPUs ``CUDA_VISIBLE_DEVICES`` names one GPU each
 (and JAX does not preallocate, so the driver's controller fits beside it); on a CPU the worker's
-affinity is set to its share of the cores, which bounds XLA's thread pools, and a one-core share also
-turns off XLA's multi-threaded Eigen kernels. Jobs go to whichever worker is free; a worker that dies
-mid-job is replaced and its job re-queued (``Executor``'s rules).
+affinity is set to its share of the cores, which sizes XLA's thread pools (no XLA flag differs between
+workers, so they share compiled steps through the persistent compilation cache). Jobs go to whichever
+worker is free; a worker that dies mid-job is replaced and its job re-queued (``Executor``'s rules).
 """
 
 from __future__ import annotations
@@ -56,19 +56,20 @@ def resolve_workers(workers: int) -> int:
 
 
 def worker_settings(index: int, workers: int) -> tuple[dict[str, str], list[int]]:
-    """(environment, CPU cores) of worker ``index`` of ``workers``."""
+    """(environment, CPU cores) of worker ``index`` of ``workers``. Workers share the driver's
+    persistent compilation cache, so a step compiled once serves every later worker."""
+    import jax
+
+    cache = jax.config.jax_compilation_cache_dir
+    env = {"JAX_COMPILATION_CACHE_DIR": cache} if cache else {}
     if gpu_count():
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         ids = visible.split(",") if visible else [str(i) for i in range(gpu_count())]
-        return {"CUDA_VISIBLE_DEVICES": ids[index], "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}, []
+        return {**env, "CUDA_VISIBLE_DEVICES": ids[index], "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}, []
     cores = available_cores()
     share = max(1, len(cores) // workers)
     mine = cores[index * share:(index + 1) * share] or cores[-share:]
-    env = {"JAX_PLATFORMS": "cpu"}
-    if len(mine) == 1:
-        flags = os.environ.get("XLA_FLAGS", "")
-        single = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-        env["XLA_FLAGS"] = f"{flags} {single}".strip()
+    env["JAX_PLATFORMS"] = "cpu"
     return env, mine
 
 
