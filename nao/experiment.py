@@ -207,7 +207,8 @@ def _log_epoch(name: str, seed: int, folder: Path, epochs: int) -> Callable[[dic
 def _top(rows: list[dict[str, Any]], score_name: str, count: int) -> list[dict[str, Any]]:
     ranked = sorted(rows, key=lambda r: -r["valid"])[:count]  # stable: the first of equals first
     return [{"arch": r["arch"], score_name: r[score_name],
-             **({} if r["test"] is None else {"test": r["test"]})} for r in ranked]
+             **({} if r["test"] is None else {"test": r["test"]}),
+             **({"checkpoint": r["checkpoint"]} if "checkpoint" in r else {})} for r in ranked]
 
 
 def _mean_std(curves: list[list[float]], prefix: str, final: str) -> dict[str, Any]:
