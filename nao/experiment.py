@@ -134,6 +134,9 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+RUNTIME_FIELDS = ("executor", "workers")  # of ExperimentConfig: how a run runs, not what it computes
+
+
 def prepare_run_dir(output_dir: Path, config: ExperimentConfig, resume: bool,
                     fingerprints: dict[str, str] | None = None) -> None:
     """Create the run dir, or check that an existing one belongs to this configuration and to the same
@@ -149,6 +152,8 @@ def prepare_run_dir(output_dir: Path, config: ExperimentConfig, resume: bool,
         if not isinstance(found, dict):
             raise RunDirError(f"{config_path} holds a {type(found).__name__}, not a nao run's configuration: "
                               "restore it, or choose another output_dir")
+        # Where candidates train does not change their scores: a resume may use other workers.
+        found = {**found, **{name: wanted[name] for name in RUNTIME_FIELDS if name in found}}
         changed = [k for k, v in wanted["fingerprints"].items() if found.get("fingerprints", {}).get(k) != v]
         if changed and {**found, "fingerprints": wanted["fingerprints"]} == wanted:
             raise RunDirError(f"{output_dir} was searched on other data: the file behind {changed[0]} "
