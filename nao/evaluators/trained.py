@@ -142,7 +142,8 @@ class CandidateTraining(WorkerTask):
     def setup(self) -> None:
         _exit_with_parent()
         # The training loop's progress lines (a candidate's folder, then a line a minute and per epoch).
-        logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker {os.getpid()}: %(message)s")
+        logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker {os.getpid()}: %(message)s",
+                            force=True)
         self._data, self.recipe = load_search_data(self.family_name, self.dataset, self.data_dir, self.recipe,
                                                    self.split_seed)
 
