@@ -26,8 +26,10 @@ Schedules (``SEARCH_RECIPES``) per preset:
   600-epoch training). Ours is NAO's final PTB recipe (``rnn/train.py``: SGD lr 20, batch 64, bptt 35,
   clip 0.25, the AWD-LSTM dropouts, NT-ASGD) shrunk as the CIFAR proxy shrinks its network: 300 units
   (NAO-WS's search size) instead of 850 and 30 epochs instead of 4000, so that candidates are ranked
-  under the optimiser that trains the final cell, at about 28M tokens (30 passes over PTB's 930k
-  training words) each, roughly a tenth of one final 850-unit epoch's compute per pass.
+  under the optimiser that trains the final cell. Cost: 28M tokens a candidate (30 passes over PTB's
+  930k training words); per token a 300-unit model costs a third (softmax) to an eighth (cell) of the
+  850-unit one, so a candidate is ~1/400-1/1000 of the final training (4 V100-days in NAO's README):
+  ~6-15 V100-minutes, 4-10 V100-days for 1000 candidates (an estimate: no GPU measured it here).
 * ``cpu``: one candidate in about two minutes on 2 CPU cores (docs/notes/full_nao.md has the
   figures); ``smoke``: seconds, for tests.
 """
