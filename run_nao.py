@@ -54,9 +54,11 @@ _define("string", "space", "nb201", f"Search space, one of: {', '.join(SPACES)}.
 _define("string", "evaluator", "table", f"search: one of {', '.join(EVALUATORS)}. 'table' looks "
         "architectures up in a benchmark table (nb201, nb101); 'supernet' scores them with a weight-sharing "
         "supernet that trains between rounds (ptb_ws, cifar_ws): NAO-WS with --strategies=nao, random "
-        "search with weight sharing with --strategies=random.")
+        "search with weight sharing with --strategies=random; 'train' trains every candidate from scratch "
+        "with a short schedule on --workers (full NAO; cifar, cifar_ws, ptb, ptb_ws).")
 _define("list", "strategies", list(DEFAULT_STRATEGIES), f"Comma list of strategies from: "
-        f"{', '.join(STRATEGIES)} (default: {', '.join(DEFAULT_STRATEGIES)} for tables, nao for supernets).")
+        f"{', '.join(STRATEGIES)} (default: {', '.join(DEFAULT_STRATEGIES)} for tables, nao for supernets "
+        "and trained candidates).")
 _define("integer", "queries", None, "Budget per search: architectures scored for the first time (default: "
         "the preset's; 150 for tables, no limit for supernets, whose budget is their epochs).")
 _define("integer", "seeds", 1, "Searches per strategy, with seeds first_seed .. first_seed+seeds-1.")
@@ -68,8 +70,9 @@ _define("bool", "resume", False, "Continue the run in --output_dir (same flags) 
 _define("string", "preset", None, "Search settings of the evaluator (the loop's schedule, the controller, "
         "NAO). table: paper (the method of Luo et al., 2018), default (what the NAS-Bench-201 benchmark "
         "shows works best; the default) or smoke (tiny, for tests); supernet: paper (the NAO-WS / NAO_V1 "
-        f"schedules; the default) or smoke. fit_controller: a controller preset ({', '.join(PRESETS)}; "
-        "default: default).")
+        "schedules; the default) or smoke; train: paper (NAO's candidate schedules; the default), cpu (a "
+        "candidate in about two minutes on a CPU) or smoke. fit_controller: a controller preset "
+        f"({', '.join(PRESETS)}; default: default).")
 _define("multi_string", "set", [], "FIELD=VALUE: set any field of the run's configuration by its dotted "
         "path, e.g. --set=controller.grad_clip=1 (search), --set=recipe.cutout_size=0 (train); repeatable. "
         "config.json in the run directory lists every field.")
@@ -103,6 +106,10 @@ _define("bool", "finetune", False, "transfer with --transfer=weights: a tenth of
         "the full recipe.")
 _define("integer", "score_windows", 10, "supernet on PTB: every cell is scored on this many validation "
         "windows (the same ones for all; 0 = the whole validation set).")
+_define("string", "executor", "local", "evaluator 'train': where candidates train; 'local': worker "
+        "processes of this machine.")
+_define("integer", "workers", 0, "evaluator 'train': candidates trained at once, one a worker (0: one per "
+        "GPU, else 1; at most one per GPU or CPU core).")
 _define("integer", "score_batches", 1, "supernet on CIFAR: every cell is scored on this many hold-out "
         "batches of 500 images (the same ones for all; 0 = the whole hold-out split).")
 _define("bool", "multihost", False, "Call jax.distributed.initialize() first (several hosts, one job).")

@@ -79,34 +79,38 @@ def _read_words(path: Path) -> list[str]:
     return words
 
 
-def find_files(dataset: str, data_dir: str | os.PathLike) -> dict[str, Path]:
-    """The train/valid/test files of ``dataset`` under ``data_dir``; a one-line error if any is missing."""
+def find_files(dataset: str, data_dir: str | os.PathLike, splits: tuple[str, ...] = SPLITS
+               ) -> dict[str, Path]:
+    """The files of ``splits`` (train, valid, test) of ``dataset`` under ``data_dir``; a one-line error if
+    any is missing."""
     if dataset not in FILE_NAMES:
         raise ValueError(f"unknown text dataset {dataset!r}: choose one of {', '.join(FILE_NAMES)}")
     root = Path(data_dir).expanduser()
     for sub in SUBDIRS[dataset]:
         folder = root / sub
         found = {s: next((folder / n for n in FILE_NAMES[dataset][s] if (folder / n).is_file()), None)
-                 for s in SPLITS}
+                 for s in splits}
         if all(found.values()):
             return found
         if any(found.values()):
-            missing = [FILE_NAMES[dataset][s][0] for s in SPLITS if found[s] is None]
+            missing = [FILE_NAMES[dataset][s][0] for s in splits if found[s] is None]
             raise DatasetError(f"{dataset}: {folder} lacks {', '.join(missing)}: put {SOURCES[dataset]} "
                                f"there (as train.txt, valid.txt, test.txt or their original names)")
     raise DatasetError(f"{dataset}: no token files under {root}: put {SOURCES[dataset]} in that folder "
                        f"(as train.txt, valid.txt, test.txt or their original names) and pass --data_dir")
 
 
-def load_corpus(dataset: str, data_dir: str | os.PathLike) -> Corpus:
-    """Read and numericalise the three splits; the vocabulary comes from the training file."""
-    files = find_files(dataset, data_dir)
+def load_corpus(dataset: str, data_dir: str | os.PathLike, splits: tuple[str, ...] = SPLITS) -> Corpus:
+    """Read and numericalise ``splits`` (train among them; those not read are empty); the vocabulary
+    comes from the training file. A search reads no test file: ``splits=("train", "valid")``."""
+    files = find_files(dataset, data_dir, splits)
     words = {s: _read_words(p) for s, p in files.items()}
     vocab_words = list(dict.fromkeys(words["train"]))
     if UNK not in vocab_words:
         vocab_words.append(UNK)
     vocab = Vocabulary(tuple(vocab_words))
-    return Corpus(dataset, vocab, *(vocab.encode(words[s]) for s in SPLITS),
+    return Corpus(dataset, vocab, *(vocab.encode(words[s]) if s in words else np.zeros(0, np.int32)
+                                    for s in SPLITS),
                   files={s: str(p) for s, p in files.items()})
 
 

@@ -22,7 +22,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -235,15 +235,20 @@ class LmTask:
     # NT-ASGD's best validation epoch is the result; the test set is scored once, on it.
     selection = Selection("valid", "loss", higher_is_better=False)
     epoch_splits, final_splits = ("valid",), ("valid", "test")
+    # The cell is a compile-time constant of the steps; False: an argument, so one compilation serves
+    # every cell of the space (a search that trains many cells in one process).
+    fixed_cell: ClassVar[bool] = True
 
     def __init__(self, config: LmTrainConfig, arch: Sequence[int], corpus: Corpus) -> None:
         """``arch``: the cell's 22 ints."""
         self.config, self.corpus = config, corpus
         self.arch = tuple(int(v) for v in arch)
         self.model = RecurrentLM(config.model_config(len(corpus.vocab)))
+        fixed = self.arch if self.fixed_cell else None
+        self.cell = None if self.fixed_cell else np.asarray(self.arch, np.int32)  # the steps' arch argument
         self.train_step = make_train_step(self.model, config.clip, config.weight_decay, config.tar_beta,
-                                          fixed_arch=self.arch)
-        self.eval_step = make_eval_step(self.model, fixed_arch=self.arch)
+                                          fixed_arch=fixed)
+        self.eval_step = make_eval_step(self.model, fixed_arch=fixed)
         self.key = jax.random.key(config.seed)
         self.start_weights: Any = None  # params
         self.stream = batchify(corpus.train, config.batch_size, corpus.files.get("train", "train split"))
@@ -317,8 +322,8 @@ class LmTask:
                 step += 1
                 lr = np.float32(config.lr * length / config.bptt)
                 key = jax.random.fold_in(jax.random.fold_in(self.key, epoch), step)
-                state, hidden, ce, _ = self.train_step(state, inputs, targets, np.int32(length), hidden, None,
-                                                       lr, key, averaging)
+                state, hidden, ce, _ = self.train_step(state, inputs, targets, np.int32(length), hidden,
+                                                       self.cell, lr, key, averaging)
                 tokens = length * config.batch_size
                 yield Step(state, {"loss": ce * np.float32(tokens)}, tokens, waited)
 
@@ -326,7 +331,7 @@ class LmTask:
         config = self.config
         batch = config.test_batch_size if split == "test" else config.eval_batch_size
         loss = evaluate(self.eval_step, weights, getattr(self.corpus, split), device_multiple(batch),
-                        config.bptt, config.hidden_size)
+                        config.bptt, config.hidden_size, arch=self.cell)
         return {"loss": loss, "ppl": perplexity(loss)}
 
     def train_fields(self, means: dict[str, float]) -> dict[str, float]:

@@ -26,6 +26,7 @@ from nao.child_training import TRANSFER_KINDS, checkpoint_space, child_preset, s
 from nao.controller import PRESETS, ControllerConfig
 from nao.evaluators import EVALUATORS
 from nao.evaluators.tabular import TABLES
+from nao.executors import EXECUTORS
 from nao.experiment import ExperimentConfig
 from nao.models.cnn_train import CnnTrainConfig
 from nao.models.lm_train import LmTrainConfig
@@ -133,7 +134,8 @@ rules_for(ExperimentConfig, {
     "seeds": _SIZE, "first_seed": _SEED, "split_seed": _SEED, "preset": _TEXT,
     "benchmark_file": _TEXT, "valid_key": _TEXT, "test_key": _TEXT, "data_dir": _TEXT,
     "dataset": _TEXT, "score_windows": NON_NEGATIVE, "score_batches": NON_NEGATIVE,
-    "supernet_lr": optional(RATE),
+    "supernet_lr": optional(RATE), "candidate": anything, "executor": choice(EXECUTORS),
+    "workers": NON_NEGATIVE,
 })
 _RECIPE_COMMON = {
     "batch_size": _SIZE, "eval_batch_size": _SIZE, "epochs": _SIZE, "lr": RATE, "clip": number(above=0.0),
@@ -170,7 +172,7 @@ rules_for(RunConfig, {"mode": choice(MODES), "output_dir": anything, "resume": c
 # flag never silently does nothing.
 _SEARCH = {"space", "evaluator", "strategies", "queries", "seeds", "first_seed", "split_seed", "preset",
            "benchmark_file", "valid_key", "test_key", "data_dir", "dataset", "score_windows",
-           "score_batches", "child_lr"}
+           "score_batches", "child_lr", "executor", "workers"}
 _CONTROLLER = {f.name for f in dataclasses.fields(ControllerConfig)
                if f.name not in ("encoder_dropout", "mlp_dropout", "grad_clip")}
 _NAO = {"init_size", "per_iteration", "top_k", "max_eta", "acquisition", "neighbor_seeds", "local_slots",
@@ -323,6 +325,14 @@ def _check_job(config: RunConfig) -> None:
             job.validate()
         except ValueError as err:
             raise ConfigError(str(err)) from None
+        if job.evaluator != "train" and (job.workers or job.executor != "local"):
+            raise ConfigError(f"--workers and --executor apply to --evaluator=train (evaluator="
+                              f"{job.evaluator} scores in this process): drop them")
+        if job.evaluator == "train":
+            try:
+                EXECUTORS[job.executor].check_workers(job.workers)
+            except ValueError as err:
+                raise ConfigError(f"{err} (--workers)", "workers") from None
         if "nao" in job.strategies and not job.search.pool_size and job.nao.init_size < 1:
             raise ConfigError("nao.init_size=0: NAO needs at least one random architecture to fit its first "
                               "controller on when the loop keeps no pool of its own (--init_size)")

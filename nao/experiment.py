@@ -37,7 +37,9 @@ from nao.controller import ControllerConfig
 from nao.evaluators import EvaluatorSetup, get_evaluator
 from nao.history import History
 from nao.models.checkpoint import CheckpointStore
+from nao.models.cnn_train import CnnTrainConfig
 from nao.models.files import file_sha256, is_primary, write_json
+from nao.models.lm_train import LmTrainConfig
 from nao.models.training import duration, read_csv, write_csv
 from nao.search import Progress, SearchSettings, best_so_far, final_rows, round_records, search
 from nao.spaces import SearchSpace, get_space
@@ -77,6 +79,10 @@ class ExperimentConfig:
     score_windows: int = 10  # PTB: validation windows each cell is scored on (0: the whole stream)
     score_batches: int = 1  # CIFAR: hold-out batches of 500 each cell is scored on (0: all of it)
     supernet_lr: float | None = None  # None: the supernet recipe's learning rate
+    # evaluator 'train'
+    candidate: CnnTrainConfig | LmTrainConfig | None = None  # each candidate's recipe; None: the preset's
+    executor: str = "local"  # a name of nao.executors.EXECUTORS: where candidates train
+    workers: int = 0  # candidates trained at once; 0: the executor's default (one per GPU, else 1)
 
     def resolved(self) -> ExperimentConfig:
         """This config with the preset's settings filled in; ValueError for an unknown space,
@@ -91,7 +97,8 @@ class ExperimentConfig:
         preset = presets[name]
         return dataclasses.replace(self, preset=name, search=self.search or preset.search,
                                    controller=self.controller or preset.controller,
-                                   nao=self.nao or preset.nao, bananas=self.bananas or BananasOptions())
+                                   nao=self.nao or preset.nao, bananas=self.bananas or BananasOptions(),
+                                   candidate=self.candidate or preset.candidate)
 
     def validate(self) -> None:
         """Check a resolved config."""
@@ -130,6 +137,9 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+RUNTIME_FIELDS = ("executor", "workers")  # of ExperimentConfig: how a run runs, not what it computes
+
+
 def prepare_run_dir(output_dir: Path, config: ExperimentConfig, resume: bool,
                     fingerprints: dict[str, str] | None = None) -> None:
     """Create the run dir, or check that an existing one belongs to this configuration and to the same
@@ -145,6 +155,8 @@ def prepare_run_dir(output_dir: Path, config: ExperimentConfig, resume: bool,
         if not isinstance(found, dict):
             raise RunDirError(f"{config_path} holds a {type(found).__name__}, not a nao run's configuration: "
                               "restore it, or choose another output_dir")
+        # Where candidates train does not change their scores: a resume may use other workers.
+        found = {**found, **{name: wanted[name] for name in RUNTIME_FIELDS if name in found}}
         changed = [k for k, v in wanted["fingerprints"].items() if found.get("fingerprints", {}).get(k) != v]
         if changed and {**found, "fingerprints": wanted["fingerprints"]} == wanted:
             raise RunDirError(f"{output_dir} was searched on other data: the file behind {changed[0]} "
@@ -208,7 +220,8 @@ def _log_epoch(name: str, seed: int, folder: Path, epochs: int) -> Callable[[dic
 def _top(rows: list[dict[str, Any]], score_name: str, count: int) -> list[dict[str, Any]]:
     ranked = sorted(rows, key=lambda r: -r["valid"])[:count]  # stable: the first of equals first
     return [{"arch": r["arch"], score_name: r[score_name],
-             **({} if r["test"] is None else {"test": r["test"]})} for r in ranked]
+             **({} if r["test"] is None else {"test": r["test"]}),
+             **({"checkpoint": r["checkpoint"]} if "checkpoint" in r else {})} for r in ranked]
 
 
 def _mean_std(curves: list[list[float]], prefix: str, final: str) -> dict[str, Any]:
@@ -284,6 +297,7 @@ def run_experiment(config: ExperimentConfig, output_dir: str | os.PathLike, resu
             evaluator = setup.make(seed)
             rescored, score_name = evaluator.rescores, evaluator.score_name
             folder = output_dir / "searches" / name / f"seed_{seed}"
+            evaluator.use_folder(folder)
             store = CheckpointStore(folder / "checkpoints") if evaluator.save_state() is not None else None
             if history.rows:
                 log.info("%s seed %d: resuming after %d recorded scores", name, seed, len(history.rows))

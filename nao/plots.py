@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import textwrap
 from collections import defaultdict
@@ -39,6 +40,7 @@ def plot_search_curves(summary: dict[str, Any], path: str | os.PathLike) -> None
     optimum = summary.get(f"optimum_{metric}")
     if optimum is not None:
         ax.axhline(optimum, color="k", ls="--", lw=0.8, label=f"optimum {optimum:.2f}")
+    low = [v for v in low if math.isfinite(v)]  # -inf: no candidate trained yet (failed ones)
     if low:
         ax.set_ylim(min(low) - 0.3, (optimum or max(low)) + 0.15)
     ax.set_xlabel("queries (architectures evaluated)")

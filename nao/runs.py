@@ -48,6 +48,17 @@ def search_report(summary: dict[str, Any], config: RunConfig) -> list[str]:
         data = f" --data_dir={shlex.quote(config.job.data_dir)}" if config.job.data_dir else ""
         lines.append(f"train the best: python run_nao.py --mode=train --space={space} "
                      f"--arch={shlex.quote(best['best_arch'])}{data}")
+    elif summary["evaluator"] == "train":  # every candidate trained: the best ones' checkpoints
+        score = summary["score_name"]
+        lines.append(f"\n{summary['space']}, {summary['queries']} candidates trained, {summary['seeds']} "
+                     f"seed(s); the best {score} of each search and its checkpoint (for --mode=transfer "
+                     "--from_checkpoint=...):")
+        for name, entry in strategies.items():
+            for seed in entry["seeds"]:
+                best = seed["top"][0]
+                value = "failed" if best[score] is None else f"{best[score]:.2f}"
+                lines.append(f"  {name:10s} seed {seed['seed']}: {value}  {best['arch']}")
+                lines.append(f"    {best['checkpoint']}")
     else:
         metric = "test" if all("final_test_mean" in e for e in strategies.values()) else "valid"
         lines.append(f"\n{summary['space']}, {summary['queries']} queries, {summary['seeds']} seed(s); "

@@ -324,7 +324,8 @@ def search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, setting
         rows = run.score(pool, round_index)
         ranked = Pool(space)
         for arch, row in zip(pool, rows, strict=True):
-            ranked.add(arch, row["valid"], row["key"])
+            if not row.get("failed"):  # a candidate that could not be trained: no score to learn from
+                ranked.add(arch, row["valid"], row["key"])
         if on_progress is not None and ranked.archs:
             on_progress(run.progress(round_index, ranked))
         step = until if settings.epochs else round_index + 1

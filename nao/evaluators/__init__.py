@@ -1,6 +1,6 @@
 """Evaluators: score architectures for the search loop; built by name from a run's config.
 
-A new evaluator (real training of every candidate on workers comes next) is its own module with an
+A new evaluator is its own module with an
 ``EvaluatorKind`` (presets per space, default preset, factory) and one line in ``EVALUATORS``.
 """
 
@@ -8,10 +8,12 @@ from nao.evaluators.base import Evaluation, Evaluator, EvaluatorKind, EvaluatorS
 from nao.evaluators.nb101_table import Nb101TableEvaluator
 from nao.evaluators.supernet import SUPERNET, SupernetEvaluator
 from nao.evaluators.tabular import TABLE, Nb201TableEvaluator
+from nao.evaluators.trained import TRAINED, TrainedEvaluator
 
 EVALUATORS: dict[str, EvaluatorKind] = {
     "table": TABLE,
     "supernet": SUPERNET,
+    "train": TRAINED,
 }
 
 
@@ -23,4 +25,4 @@ def get_evaluator(name: str) -> EvaluatorKind:
 
 
 __all__ = ["EVALUATORS", "Evaluation", "Evaluator", "EvaluatorKind", "EvaluatorSetup", "Nb101TableEvaluator",
-           "Nb201TableEvaluator", "SearchPreset", "SupernetEvaluator", "get_evaluator"]
+           "Nb201TableEvaluator", "SearchPreset", "SupernetEvaluator", "TrainedEvaluator", "get_evaluator"]

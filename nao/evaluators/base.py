@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Callable, Hashable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nao.controller import ControllerConfig
@@ -51,6 +52,11 @@ class Evaluator(abc.ABC):
         after ``load_state`` it trains only what is missing. The default trains nothing."""
         return iter(())
 
+    def use_folder(self, folder: Path) -> None:
+        """The search's own folder (``searches/<strategy>/seed_<s>/``), for what the evaluator writes
+        (trained candidates' checkpoints); the default writes nothing."""
+        return None
+
     def save_state(self) -> tuple[Any, dict[str, Any]] | None:
         """(arrays, facts) to checkpoint: a pytree of arrays and JSON values; None: no state (the
         loop then resumes by replaying the history)."""
@@ -68,6 +74,7 @@ class SearchPreset:
     search: SearchSettings
     controller: ControllerConfig
     nao: NaoOptions
+    candidate: Any = None  # evaluators that train each candidate: its training recipe
 
 
 @dataclasses.dataclass(frozen=True)
