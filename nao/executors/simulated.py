@@ -4,7 +4,9 @@ Each job runs at once in this process, but takes ``duration(job_id, payload)`` s
 clock on one of ``workers`` simulated workers: a job starts when a worker is free and its outcome
 comes back when its time is up, so outcomes arrive in the order a real cluster's would, and the
 scheduler above sees exactly what it would see there. ``clock`` is the simulated wall time so far,
-``busy`` the summed job time, so ``utilisation()`` is the share of worker time spent on jobs.
+``busy`` the summed job time, so ``utilisation()`` is the share of worker time spent on jobs. The
+driver's own time (a strategy proposing) can be charged to the clock with ``advance``: a worker that
+is free meanwhile idles, as it would on a real cluster.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ class SimulatedExecutor(Executor):
             raise ValueError(f"workers={workers}: a simulated executor needs at least 1 worker")
         return workers
 
+    def advance(self, seconds: float) -> None:
+        """Charge ``seconds`` of the driver's work to the clock (jobs running meanwhile go on)."""
+        self.clock += seconds
+
     def submit(self, job_id: int, payload: Any) -> None:
         self._pending.append((job_id, payload))
 
@@ -49,7 +55,7 @@ class SimulatedExecutor(Executor):
         while self._pending or self._running:
             self._dispatch()
             finish, job_id, value = heapq.heappop(self._running)
-            self.clock = finish
+            self.clock = max(self.clock, finish)  # a job done while the driver worked is read after it
             yield Outcome(job_id, value)
 
     def utilisation(self) -> float:
