@@ -6,8 +6,9 @@ evaluation occupying one of W simulated workers (``nao.executors.simulated``) fo
 
 * the workers' utilisation (job time over worker time until the search ends) and the simulated
   wall time of the search (the strategy's real seconds of proposing count on the simulated clock:
-  a freed worker waits for its next candidate), synchronous (rounds of W proposals, each waiting for its slowest
-  evaluation, as the paper ran) against asynchronous (a proposal whenever a worker frees up);
+  a freed worker waits for its next candidate), synchronous (rounds of W proposals, each waiting
+  for its slowest evaluation, as the paper ran) against asynchronous (a proposal whenever a worker
+  frees up);
 * the scheduler's overhead per candidate: real seconds the loop spends outside the strategy and the
   evaluations (dispatch, bookkeeping, history rows), and beside it the strategy's own seconds per
   proposal (NAO fits its controller for every proposal under the asynchronous schedule);
