@@ -9,6 +9,7 @@ evaluation occupying one of W simulated workers (``nao.executors.simulated``) fo
   a freed worker waits for its next candidate), synchronous (rounds of W proposals, each waiting
   for its slowest evaluation, as the paper ran) against asynchronous (a proposal whenever a worker
   frees up);
+  (``--async_batch`` proposals asked of the strategy at once, handed out as workers free up);
 * the scheduler's overhead per candidate: real seconds the loop spends outside the strategy and the
   evaluations (dispatch, bookkeeping, history rows), and beside it the strategy's own seconds per
   proposal (NAO fits its controller for every proposal under the asynchronous schedule);
@@ -45,6 +46,8 @@ flags.DEFINE_list("durations", [str(s) for s in MEASURED], "Seconds per evaluati
 flags.DEFINE_integer("seeds", 3, "Searches per strategy and schedule.")
 flags.DEFINE_integer("rounds", 4, "Budget: this many times the worker count (at least 150 queries).")
 flags.DEFINE_list("strategies", ["nao", "random"], "Strategies to schedule.")
+flags.DEFINE_integer("async_batch", 0, "Proposals asked at once under the asynchronous schedule (0: one per "
+                     "16 workers, at least 1).")
 
 
 @dataclasses.dataclass
@@ -83,8 +86,9 @@ def one_search(space, table_evaluator, name: str, seed: int, workers: int, sched
     # The driver proposes while the freed worker waits: its time runs on the simulated clock.
     strategy.propose = Timed(strategy.propose, delayed.executor.advance)
     lookups = delayed.executor.task = Timed(delayed.executor.task)  # the evaluations themselves
-    settings = SearchSettings(queries=queries, schedule=schedule,
-                              per_round=workers if schedule == "sync" else 0)
+    batch = FLAGS.async_batch or max(1, workers // 16)
+    settings = (SearchSettings(queries=queries, per_round=workers) if schedule == "sync"
+                else SearchSettings(queries=queries, schedule="async", async_batch=batch))
     start = time.perf_counter()
     rows = search(space, strategy, delayed, settings, History(None))
     wall = time.perf_counter() - start

@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -68,8 +68,13 @@ class SearchSettings:
     # sync: rounds, each waiting for its slowest evaluation (as the paper ran); async: a new proposal
     # whenever an evaluation ends, from the results so far, so no worker waits for another
     schedule: str = "sync"
+    # async: proposals asked of the strategy at once, handed out as workers free up (1: every proposal
+    # sees every result so far; more: the strategy's time spread over many candidates, for many workers)
+    async_batch: int = 1
 
     def validate(self) -> None:
+        if self.async_batch < 1:
+            raise ValueError(f"search.async_batch={self.async_batch}: propose at least 1 at a time")
         for name in ("queries", "epochs", "round_epochs", "pool_size", "per_round", "random_per_round"):
             if getattr(self, name) < 0:
                 raise ValueError(f"search.{name}={getattr(self, name)} is negative: use 0 or more")
@@ -259,20 +264,24 @@ class _Search:
 
     # -- proposing -------------------------------------------------------------------------------
 
-    def propose_one(self, pool: Pool, busy: Iterable[Hashable]) -> Hashable:
-        """The strategy's next architecture: new, valid and not being evaluated (else a random one)."""
-        busy_keys = {self.key(arch) for arch in busy}
-        for arch in self.strategy.propose(pool, 1 + len(busy_keys)):
-            if self.space.is_valid(arch) and arch not in pool and self.key(arch) not in busy_keys:
-                return arch
-        taken = Pool(self.space)
-        for arch in [*pool.archs, *busy]:
-            taken.add(arch, 0.0, self.key(arch))
-        extra = sample_unseen(self.space, taken, self.strategy.rng, 1)
-        if not extra:
+    def propose_batch(self, pool: Pool, busy: list[Hashable], count: int) -> list[Hashable]:
+        """``count`` new, valid architectures not being evaluated: the strategy's, topped up at random."""
+        keys = {self.key(arch) for arch in busy}
+        batch = []
+        for arch in self.strategy.propose(pool, count + len(keys)):
+            fresh = self.space.is_valid(arch) and arch not in pool and self.key(arch) not in keys
+            if fresh and len(batch) < count:
+                batch.append(arch)
+                keys.add(self.key(arch))
+        if len(batch) < count:
+            taken = Pool(self.space)
+            for arch in [*pool.archs, *busy, *batch]:
+                taken.add(arch, 0.0, self.key(arch))
+            batch += sample_unseen(self.space, taken, self.strategy.rng, count - len(batch))
+        if not batch:
             raise SearchError(f"no new architecture left after {len(self.queried)} queries: the space may be "
                               "exhausted; lower search.queries")
-        return extra[0]
+        return batch
 
     def propose(self, pool: Pool, round_index: int) -> list[Hashable]:
         """New architectures for the next round: the strategy's, then random ones, within the budget."""
@@ -403,6 +412,7 @@ def _search_async(run: _Search, on_progress: Callable[[Progress], None] | None) 
     if proposals.rows:
         strategy.rng = np.random.default_rng([strategy.seed, 2, len(proposals.rows)])
     in_flight: dict[int, Hashable] = {}  # query number -> architecture
+    batch: list[Hashable] = []  # proposed, not yet started
     stream: Iterator[tuple[int, Any]] = iter(())
     while True:
         while len(in_flight) < evaluator.workers and (queue or len(proposals.rows) < settings.queries):
@@ -410,7 +420,10 @@ def _search_async(run: _Search, on_progress: Callable[[Progress], None] | None) 
                 entry = queue.pop(0)
                 number, arch = entry["query"], space.from_string(entry["arch"])
             else:
-                arch = run.propose_one(ranked, in_flight.values())
+                if not batch:
+                    count = min(settings.async_batch, settings.queries - len(proposals.rows))
+                    batch = run.propose_batch(ranked, list(in_flight.values()), count)
+                arch = batch.pop(0)
                 number = len(proposals.rows) + 1
                 proposals.append({"query": number, "key": run.key(arch), "arch": space.to_string(arch)})
             in_flight[number] = arch

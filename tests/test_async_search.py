@@ -66,6 +66,22 @@ def test_sync_rounds_wait_for_their_slowest_evaluation(nb201_space, nb201_evalua
     assert utilisation["async"] > utilisation["sync"] + 0.1
 
 
+def test_an_async_batch_asks_the_strategy_once_for_several_workers(nb201_space, nb201_evaluator):
+    calls = {}
+    for batch in (1, 4):
+        strategy = make_strategy("random", nb201_space, 0)
+        propose = strategy.propose
+        counts = []
+        strategy.propose = lambda pool, count, counts=counts, propose=propose: (
+            counts.append(count), propose(pool, count))[1]
+        delayed = DelayedEvaluator(nb201_evaluator, workers=4, durations=[1.0, 2.0, 7.0], seed=0)
+        rows = search(nb201_space, strategy, delayed, SearchSettings(queries=24, schedule="async",
+                                                                     async_batch=batch), History(None))
+        assert len({r["key"] for r in rows}) == 24
+        calls[batch] = len(counts)
+    assert calls == {1: 24, 4: 6}
+
+
 def test_a_killed_async_search_resumes_with_nothing_lost_or_evaluated_twice(nb201_space, nb201_evaluator,
                                                                             small_controller, tmp_path):
     path = tmp_path / "seed_0.jsonl"
