@@ -31,6 +31,7 @@ def test_the_simulated_clock_runs_jobs_on_free_workers_and_returns_them_as_they_
     # Worker A: job 0 (0-5); worker B: job 1 (0-1), job 2 (1-2), job 3 (2-4).
     assert order == [(1, 1.0), (2, 2.0), (3, 4.0), (0, 5.0)]
     assert executor.utilisation() == pytest.approx(9.0 / 10.0)
+    assert executor.last_start() == 2.0 and executor.utilisation(2.0) == pytest.approx(4.0 / 4.0)
 
 
 def run(evaluator, space, strategy_name, history, small_controller, seed=0):

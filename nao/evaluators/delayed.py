@@ -54,5 +54,8 @@ class DelayedEvaluator(StreamingEvaluator):
                                              {**value.extra, "clock": self.executor.clock})
 
     def facts(self) -> dict[str, Any]:
-        """The simulated wall time and the workers' utilisation so far."""
-        return {"clock": self.executor.clock, "utilisation": self.executor.utilisation()}
+        """The simulated wall time and the workers' utilisation so far, overall and up to the last
+        evaluation's start (the end of the budget: then workers only wait for the last ones)."""
+        executor = self.executor
+        return {"clock": executor.clock, "utilisation": executor.utilisation(),
+                "utilisation_while_proposing": executor.utilisation(executor.last_start())}

@@ -28,6 +28,7 @@ class SimulatedExecutor(Executor):
         task.setup()
         self.clock = 0.0  # virtual seconds since the start
         self.busy = 0.0  # virtual worker-seconds spent on jobs
+        self.spans: list[tuple[float, float]] = []  # (start, finish) of every job started
         self._pending: collections.deque[tuple[int, Any]] = collections.deque()
         self._running: list[tuple[float, int, Any]] = []  # heap of (finish time, job id, value)
 
@@ -49,6 +50,7 @@ class SimulatedExecutor(Executor):
             job_id, payload = self._pending.popleft()
             seconds = float(self.duration(job_id, payload))
             self.busy += seconds
+            self.spans.append((self.clock, self.clock + seconds))
             heapq.heappush(self._running, (self.clock + seconds, job_id, self.task(payload)))
 
     def results(self) -> Iterator[Outcome]:
@@ -58,9 +60,18 @@ class SimulatedExecutor(Executor):
             self.clock = max(self.clock, finish)  # a job done while the driver worked is read after it
             yield Outcome(job_id, value)
 
-    def utilisation(self) -> float:
-        """Job time over worker time up to the clock (jobs still running count in full)."""
-        return self.busy / (self.workers * self.clock) if self.clock else 0.0
+    def utilisation(self, until: float | None = None) -> float:
+        """Job time over worker time up to ``until`` (None: the clock, jobs still running counting in
+        full). Up to the last job's start it says how busy the scheduler kept the workers while there
+        was work to give; after it, workers only wait for the last jobs to end."""
+        if until is None:
+            return self.busy / (self.workers * self.clock) if self.clock else 0.0
+        worked = sum(max(0.0, min(finish, until) - start) for start, finish in self.spans)
+        return worked / (self.workers * until) if until else 0.0
+
+    def last_start(self) -> float:
+        """When the last job started."""
+        return max((start for start, _ in self.spans), default=0.0)
 
     def shutdown(self) -> None:
         self._pending.clear()
