@@ -17,6 +17,9 @@ from nao.models.files import is_primary, writing
 
 # What every row holds; the loop reads these back on resume.
 REQUIRED_FIELDS = ("round", "query", "key", "arch", "valid")
+# What every row of a proposals file holds (the asynchronous schedule records each proposal there
+# before its evaluation starts).
+PROPOSAL_FIELDS = ("query", "key", "arch")
 
 
 class HistoryError(ValueError):
@@ -27,10 +30,12 @@ _FIX = "restore the file, delete the damaged lines, or start the run in a new ou
 
 
 class History:
-    """Rows of one (strategy, seed) search, mirrored to ``path`` (None: kept in memory only)."""
+    """Rows of one (strategy, seed) search, mirrored to ``path`` (None: kept in memory only), each
+    holding at least ``required``."""
 
-    def __init__(self, path: str | os.PathLike | None):
+    def __init__(self, path: str | os.PathLike | None, required: tuple[str, ...] = REQUIRED_FIELDS):
         self.path = None if path is None else Path(path)
+        self.required = required
         self.rows: list[dict[str, Any]] = []
         if self.path is not None and self.path.exists():
             self.rows = self._load()
@@ -51,7 +56,7 @@ class History:
                     break
                 raise HistoryError(f"{self.path}:{number} is not a JSON row ({type(err).__name__}); "
                                    f"{_FIX}") from None
-            missing = [f for f in REQUIRED_FIELDS if f not in row] if isinstance(row, dict) else ["all"]
+            missing = [f for f in self.required if f not in row] if isinstance(row, dict) else ["all"]
             if missing:
                 raise HistoryError(f"{self.path}:{number} is not a history row (lacks {', '.join(missing)}); "
                                    f"{_FIX}")
@@ -77,3 +82,10 @@ class History:
             f.flush()
             os.fsync(f.fileno())
         self.rows.append(row)
+
+
+def proposals_of(history: History) -> History:
+    """The proposals file beside ``history`` (``seed_0.jsonl`` -> ``seed_0.proposed.jsonl``; in memory
+    for an in-memory history)."""
+    path = None if history.path is None else history.path.with_suffix(".proposed.jsonl")
+    return History(path, required=PROPOSAL_FIELDS)

@@ -32,12 +32,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nao.history import History
+from nao.history import History, proposals_of
 from nao.models.checkpoint import CheckpointStore
 from nao.models.training import check_finite
 from nao.spaces.base import SearchSpace
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from nao.evaluators.base import Evaluator
 
 CHECKPOINT_KIND = "ws_search"  # what nao.pretrained.load_checkpoint reads as a WsSearchCheckpoint
+SCHEDULES = ("sync", "async")
 
 
 class SearchError(RuntimeError):
@@ -64,8 +65,16 @@ class SearchSettings:
     per_round: int = 0  # new architectures asked of the strategy a round; 0: as many as the budget leaves
     random_per_round: int = 0  # uniformly random new architectures added each round besides
     top: int = 10  # architectures of the final ranking each search reports (summary.json)
+    # sync: rounds, each waiting for its slowest evaluation (as the paper ran); async: a new proposal
+    # whenever an evaluation ends, from the results so far, so no worker waits for another
+    schedule: str = "sync"
+    # async: proposals asked of the strategy at once, handed out as workers free up (1: every proposal
+    # sees every result so far; more: the strategy's time spread over many candidates, for many workers)
+    async_batch: int = 1
 
     def validate(self) -> None:
+        if self.async_batch < 1:
+            raise ValueError(f"search.async_batch={self.async_batch}: propose at least 1 at a time")
         for name in ("queries", "epochs", "round_epochs", "pool_size", "per_round", "random_per_round"):
             if getattr(self, name) < 0:
                 raise ValueError(f"search.{name}={getattr(self, name)} is negative: use 0 or more")
@@ -86,6 +95,13 @@ class SearchSettings:
                              "need 1 <= per_round and per_round + random_per_round < pool_size")
         if self.top < 1:
             raise ValueError(f"search.top={self.top}: report at least 1 architecture")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"search.schedule={self.schedule!r} is unknown: choose one of "
+                             f"{', '.join(SCHEDULES)}")
+        if self.schedule == "async" and (self.epochs or self.pool_size or not self.queries):
+            raise ValueError("search.schedule=async proposes one architecture as each evaluation ends: it "
+                             "needs search.queries and no supernet rounds (epochs=0, pool_size=0); use "
+                             "schedule=sync")
 
     def round_end(self, round_index: int) -> int:
         """The epoch the evaluator has trained to when round ``round_index`` scores (0 without training)."""
@@ -232,18 +248,40 @@ class _Search:
                 found[slot] = row
         for position, result in self.evaluator.evaluate([pool[s] for s in fresh]):
             slot = fresh[position]
-            row = {"round": round_index, "query": self.queried[keys[slot]],
-                   "arch": self.space.to_string(pool[slot]), "key": keys[slot], "valid": result.valid,
-                   "test": result.test, "cost": result.cost, "elapsed": time.perf_counter() - self.start,
-                   **result.extra}
-            self.history.append(row)
-            found[slot] = row
+            found[slot] = self.record(round_index, self.queried[keys[slot]], pool[slot], result)
         evaluated = set(fresh)
         for slot in sorted(found):
             self._take(found[slot], replayed=slot not in evaluated)
         return [self.current[key] for key in keys]
 
+    def record(self, round_index: int, query: int, arch: Hashable, result: Any) -> dict[str, Any]:
+        """Write the history row of ``arch``'s evaluation ``result`` and return it."""
+        row = {"round": round_index, "query": query, "arch": self.space.to_string(arch),
+               "key": self.key(arch), "valid": result.valid, "test": result.test, "cost": result.cost,
+               "elapsed": time.perf_counter() - self.start, **result.extra}
+        self.history.append(row)
+        return row
+
     # -- proposing -------------------------------------------------------------------------------
+
+    def propose_batch(self, pool: Pool, busy: list[Hashable], count: int) -> list[Hashable]:
+        """``count`` new, valid architectures not being evaluated: the strategy's, topped up at random."""
+        keys = {self.key(arch) for arch in busy}
+        batch = []
+        for arch in self.strategy.propose(pool, count + len(keys)):
+            fresh = self.space.is_valid(arch) and arch not in pool and self.key(arch) not in keys
+            if fresh and len(batch) < count:
+                batch.append(arch)
+                keys.add(self.key(arch))
+        if len(batch) < count:
+            taken = Pool(self.space)
+            for arch in [*pool.archs, *busy, *batch]:
+                taken.add(arch, 0.0, self.key(arch))
+            batch += sample_unseen(self.space, taken, self.strategy.rng, count - len(batch))
+        if not batch:
+            raise SearchError(f"no new architecture left after {len(self.queried)} queries: the space may be "
+                              "exhausted; lower search.queries")
+        return batch
 
     def propose(self, pool: Pool, round_index: int) -> list[Hashable]:
         """New architectures for the next round: the strategy's, then random ones, within the budget."""
@@ -305,6 +343,19 @@ def search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, setting
     if store is not None and not settings.epochs and evaluator.save_state() is not None:
         raise ValueError("an evaluator with state trains between rounds: set search.epochs and round_epochs")
     run = _Search(space, strategy, evaluator, settings, history, store, meta or {})
+    try:
+        if settings.schedule == "async":
+            return _search_async(run, on_progress)
+        return _search_rounds(run, on_progress, on_epoch)
+    finally:
+        evaluator.close()
+
+
+def _search_rounds(run: _Search, on_progress: Callable[[Progress], None] | None,
+                   on_epoch: Callable[[dict[str, float]], None] | None) -> list[dict[str, Any]]:
+    """The synchronous schedule: rounds of train, score, propose (the module docstring)."""
+    space, strategy, evaluator, settings, store = (run.space, run.strategy, run.evaluator, run.settings,
+                                                   run.store)
     restored = run.restore()
     if restored is not None:
         round_index, pool = restored
@@ -339,6 +390,59 @@ def search(space: SearchSpace, strategy: Strategy, evaluator: Evaluator, setting
         if evaluator.rescores:
             run.current = {}
         run.save(step, round_index, pool)
+
+
+def _search_async(run: _Search, on_progress: Callable[[Progress], None] | None) -> list[dict[str, Any]]:
+    """The asynchronous schedule: ``evaluator.workers`` evaluations in flight; as each ends its row is
+    written and the strategy proposes the next from every result so far.
+
+    Each proposal is written to the proposals file (``proposals_of(history)``) before its evaluation
+    starts. A resumed search takes back every recorded score, first submits the proposals that have
+    none (evaluations a kill cut short; a trained candidate continues from its checkpoint), then
+    proposes anew: nothing is evaluated twice and nothing proposed is lost. Results arrive in the order
+    evaluations end, so unlike the rounds this schedule is not replayed draw for draw: a resumed
+    strategy draws from a fresh stream of its seed."""
+    space, strategy, evaluator, settings = run.space, run.strategy, run.evaluator, run.settings
+    proposals = proposals_of(run.history)
+    ranked = Pool(space)
+    for row in run.history.rows:
+        run._take(row, replayed=True)
+        if not row.get("failed"):
+            ranked.add(space.from_string(row["arch"]), row["valid"], row["key"])
+    queue = [entry for entry in proposals.rows if entry["key"] not in run.queried]
+    if proposals.rows:
+        strategy.rng = np.random.default_rng([strategy.seed, 2, len(proposals.rows)])
+    in_flight: dict[int, Hashable] = {}  # query number -> architecture
+    batch: list[Hashable] = []  # proposed, not yet started
+    stream: Iterator[tuple[int, Any]] = iter(())
+    while True:
+        while len(in_flight) < evaluator.workers and (queue or len(proposals.rows) < settings.queries):
+            if queue:
+                entry = queue.pop(0)
+                number, arch = entry["query"], space.from_string(entry["arch"])
+            else:
+                if not batch:
+                    count = min(settings.async_batch, settings.queries - len(proposals.rows))
+                    batch = run.propose_batch(ranked, list(in_flight.values()), count)
+                arch = batch.pop(0)
+                number = len(proposals.rows) + 1
+                proposals.append({"query": number, "key": run.key(arch), "arch": space.to_string(arch)})
+            in_flight[number] = arch
+            evaluator.submit(number, arch)
+        if not in_flight:
+            return run.rows
+        item = next(stream, None)
+        if item is None:  # the evaluator's stream ended with nothing in flight; new ones are
+            stream = evaluator.completed()
+            continue
+        number, result = item
+        arch = in_flight.pop(number)
+        row = run.record(0, number, arch, result)
+        run._take(row, replayed=False)
+        if not row.get("failed"):
+            ranked.add(arch, row["valid"], row["key"])
+        if on_progress is not None and ranked.archs:
+            on_progress(run.progress(0, ranked))
 
 
 __all__ = ["Progress", "SearchError", "SearchSettings", "best_so_far", "final_rows", "round_records",

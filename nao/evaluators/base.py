@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import collections
 import dataclasses
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from pathlib import Path
@@ -41,10 +42,34 @@ class Evaluator(abc.ABC):
 
     score_name: str = "valid"  # the row field summaries rank by, in the evaluator's own units
     rescores: bool = False  # scores change between rounds: the working pool is scored every round
+    workers: int = 1  # evaluations the asynchronous schedule keeps in flight at once
 
     @abc.abstractmethod
     def evaluate(self, archs: Sequence[Hashable]) -> Iterator[tuple[int, Evaluation]]:
         """Yield (position in ``archs``, evaluation) pairs."""
+
+    def submit(self, ticket: int, arch: Hashable) -> None:
+        """Start evaluating ``arch`` (the asynchronous schedule); ``completed`` yields its result under
+        ``ticket``. The default queues it, and ``completed`` evaluates it when it gets there."""
+        self._submitted().append((ticket, arch))
+
+    def completed(self) -> Iterator[tuple[int, Evaluation]]:
+        """(ticket, evaluation) of the submitted architectures as they end, in any order. It ends when
+        none is in flight; architectures submitted between two results join the stream."""
+        queue = self._submitted()
+        while queue:
+            ticket, arch = queue.popleft()
+            for _, evaluation in self.evaluate([arch]):
+                yield ticket, evaluation
+
+    def _submitted(self) -> collections.deque:
+        if "_queue" not in self.__dict__:
+            self._queue: collections.deque = collections.deque()
+        return self._queue
+
+    def close(self) -> None:
+        """Release what the evaluator holds (workers) when its search ends; the default holds nothing."""
+        return None
 
     def train_round(self, archs: Sequence[Hashable], until_epoch: int) -> Iterator[dict[str, float]]:
         """Train on ``archs`` up to epoch ``until_epoch``, yielding each epoch's statistics (``epoch``,
@@ -65,6 +90,27 @@ class Evaluator(abc.ABC):
     def load_state(self, arrays: Any, facts: dict[str, Any]) -> None:
         """Continue from what ``save_state`` returned."""
         raise NotImplementedError(f"{type(self).__name__} has no state to load")
+
+
+class StreamingEvaluator(Evaluator):
+    """An evaluator whose evaluations run elsewhere (workers): it implements ``submit`` and
+    ``completed``, and a round's ``evaluate`` is built on them."""
+
+    _batches = 0  # architectures ``evaluate`` has submitted, under negative tickets apart from the loop's
+
+    @abc.abstractmethod
+    def submit(self, ticket: int, arch: Hashable) -> None: ...
+
+    @abc.abstractmethod
+    def completed(self) -> Iterator[tuple[int, Evaluation]]: ...
+
+    def evaluate(self, archs: Sequence[Hashable]) -> Iterator[tuple[int, Evaluation]]:
+        first = self._batches + 1
+        self._batches += len(archs)
+        for position, arch in enumerate(archs):
+            self.submit(-(first + position), arch)
+        for ticket, evaluation in self.completed():
+            yield -ticket - first, evaluation
 
 
 @dataclasses.dataclass(frozen=True)

@@ -43,14 +43,20 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from nao.controller import PRESETS
-from nao.evaluators.base import Evaluation, Evaluator, EvaluatorKind, EvaluatorSetup, SearchPreset
+from nao.evaluators.base import (
+    Evaluation,
+    EvaluatorKind,
+    EvaluatorSetup,
+    SearchPreset,
+    StreamingEvaluator,
+)
 from nao.executors import EXECUTORS, Executor, Outcome, WorkerTask
 from nao.models.cnn_train import CnnTask, CnnTrainConfig
 from nao.models.lm_train import LmTask, LmTrainConfig
@@ -202,14 +208,19 @@ def load_search_data(family: str, dataset: str, data_dir: str | None, recipe: An
     return CnnData(train, valid, empty), dataclasses.replace(recipe, valid_images=len(valid[0]))
 
 
-class TrainedEvaluator(Evaluator):
-    """Trains every candidate it is given on an executor's workers; yields each score as it arrives."""
+class TrainedEvaluator(StreamingEvaluator):
+    """Trains every candidate it is given on an executor's workers; yields each score as it arrives.
+
+    The workers start with the first candidate and serve every later one, round after round, until
+    ``close``: each compiles its training steps once."""
 
     def __init__(self, space: Any, task: CandidateTraining, make_executor: Callable[[WorkerTask], Executor]):
         self.space, self.task, self.make_executor = space, task, make_executor
         self.family = task.family_name
         self.score_name = SCORE_NAMES[self.family]
         self.folder: Path | None = None
+        self._executor: Executor | None = None
+        self._folders: dict[int, Path] = {}  # ticket -> candidate folder, while in flight
 
     def use_folder(self, folder: Path) -> None:
         self.folder = Path(folder)
@@ -220,15 +231,31 @@ class TrainedEvaluator(Evaluator):
                              "use_folder(FOLDER) first (run_experiment does)")
         return self.folder / "candidates" / candidate_id(self.space.key(arch))
 
-    def evaluate(self, archs: Sequence[Hashable]) -> Iterator[tuple[int, Evaluation]]:
-        if not archs:
+    @property
+    def executor(self) -> Executor:
+        if self._executor is None:
+            self._executor = self.make_executor(self.task)
+        return self._executor
+
+    @property
+    def workers(self) -> int:  # what the executor resolved (one per GPU of a Ray cluster, say)
+        return self.executor.workers
+
+    def submit(self, ticket: int, arch: Hashable) -> None:
+        folder = self.candidate_folder(arch)
+        self._folders[ticket] = folder
+        self.executor.submit(ticket, (self.space.to_string(arch), str(folder)))
+
+    def completed(self) -> Iterator[tuple[int, Evaluation]]:
+        if self._executor is None:
             return
-        folders = [self.candidate_folder(arch) for arch in archs]
-        with self.make_executor(self.task) as executor:
-            for position, arch in enumerate(archs):
-                executor.submit(position, (self.space.to_string(arch), str(folders[position])))
-            for outcome in executor.results():
-                yield outcome.job_id, self._evaluation(outcome, folders[outcome.job_id])
+        for outcome in self._executor.results():
+            yield outcome.job_id, self._evaluation(outcome, self._folders.pop(outcome.job_id))
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown()
+            self._executor = None
 
     def _evaluation(self, outcome: Outcome, folder: Path) -> Evaluation:
         facts = {"checkpoint": str(folder), "attempts": outcome.attempts}
