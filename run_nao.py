@@ -27,6 +27,7 @@ from nao.controller import PRESETS
 from nao.data.errors import DatasetError
 from nao.data.nasbench import BenchmarkFileError
 from nao.evaluators import EVALUATORS
+from nao.executors import ClusterError
 from nao.experiment import RunDirError
 from nao.history import HistoryError
 from nao.models.checkpoint import CheckpointError
@@ -107,7 +108,11 @@ _define("bool", "finetune", False, "transfer with --transfer=weights: a tenth of
 _define("integer", "score_windows", 10, "supernet on PTB: every cell is scored on this many validation "
         "windows (the same ones for all; 0 = the whole validation set).")
 _define("string", "executor", "local", "evaluator 'train': where candidates train; 'local': worker "
-        "processes of this machine.")
+        "processes of this machine; 'ray': a Ray cluster (pip install 'nao[ray]').")
+_define("string", "ray_address", None, "executor 'ray': HOST:PORT of the cluster's head (ray start --head "
+        "prints it) or ray://HOST:PORT; unset: a Ray instance on this machine.")
+_define("string", "schedule", None, "sync: rounds that wait for their slowest evaluation, as the paper ran "
+        "(the default); async: a new proposal whenever an evaluation ends (evaluators table and train).")
 _define("integer", "workers", 0, "evaluator 'train': candidates trained at once, one a worker (0: one per "
         "GPU, else 1; at most one per GPU or CPU core).")
 _define("integer", "score_batches", 1, "supernet on CIFAR: every cell is scored on this many hold-out "
@@ -159,7 +164,7 @@ for _name, _kind, _help in (
 
 # Errors that are the user's to fix: one line on stderr, exit 2.
 _USER_ERRORS = (ValueError, BenchmarkFileError, RunDirError, HistoryError, SearchError,
-                InvalidArchitectureError, DatasetError, CheckpointError, TrainingDivergedError)
+                InvalidArchitectureError, DatasetError, CheckpointError, TrainingDivergedError, ClusterError)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -30,7 +30,7 @@ from nao.executors import EXECUTORS
 from nao.experiment import ExperimentConfig
 from nao.models.cnn_train import CnnTrainConfig
 from nao.models.lm_train import LmTrainConfig
-from nao.search import SearchSettings
+from nao.search import SCHEDULES, SearchSettings
 from nao.spaces import SPACES
 from nao.strategies import STRATEGIES, BananasOptions
 from nao.strategies.nao import ACQUISITIONS, TARGETS, NaoOptions
@@ -128,6 +128,7 @@ rules_for(BananasOptions, {
 rules_for(SearchSettings, {
     "queries": NON_NEGATIVE, "epochs": NON_NEGATIVE, "round_epochs": NON_NEGATIVE,
     "pool_size": NON_NEGATIVE, "per_round": NON_NEGATIVE, "random_per_round": NON_NEGATIVE, "top": _SIZE,
+    "schedule": choice(SCHEDULES), "async_batch": _SIZE,
 })
 rules_for(ExperimentConfig, {
     "space": choice(SPACES), "evaluator": choice(EVALUATORS), "strategies": each(choice(STRATEGIES)),
@@ -135,7 +136,7 @@ rules_for(ExperimentConfig, {
     "benchmark_file": _TEXT, "valid_key": _TEXT, "test_key": _TEXT, "data_dir": _TEXT,
     "dataset": _TEXT, "score_windows": NON_NEGATIVE, "score_batches": NON_NEGATIVE,
     "supernet_lr": optional(RATE), "candidate": anything, "executor": choice(EXECUTORS),
-    "workers": NON_NEGATIVE,
+    "workers": NON_NEGATIVE, "ray_address": _TEXT,
 })
 _RECIPE_COMMON = {
     "batch_size": _SIZE, "eval_batch_size": _SIZE, "epochs": _SIZE, "lr": RATE, "clip": number(above=0.0),
@@ -172,7 +173,7 @@ rules_for(RunConfig, {"mode": choice(MODES), "output_dir": anything, "resume": c
 # flag never silently does nothing.
 _SEARCH = {"space", "evaluator", "strategies", "queries", "seeds", "first_seed", "split_seed", "preset",
            "benchmark_file", "valid_key", "test_key", "data_dir", "dataset", "score_windows",
-           "score_batches", "child_lr", "executor", "workers"}
+           "score_batches", "child_lr", "executor", "workers", "ray_address", "schedule"}
 _CONTROLLER = {f.name for f in dataclasses.fields(ControllerConfig)
                if f.name not in ("encoder_dropout", "mlp_dropout", "grad_clip")}
 _NAO = {"init_size", "per_iteration", "top_k", "max_eta", "acquisition", "neighbor_seeds", "local_slots",
@@ -182,7 +183,8 @@ _CHILD = {"child_epochs", "child_lr", "child_batch_size", "child_max_steps", "ch
 _COMMON = {"mode", "output_dir", "resume", "set", "compilation_cache_dir", "multihost",
            "coordinator_address", "num_processes", "process_id"}
 # The flag of a field whose name differs from it (the others: the field's own name, or --set).
-_FIELD_FLAGS = {"search.queries": "queries", "supernet_lr": "child_lr", "seed": "first_seed",
+_FIELD_FLAGS = {"search.queries": "queries", "search.schedule": "schedule", "supernet_lr": "child_lr",
+                "seed": "first_seed",
                 **{f"controller.{n}": n for n in _CONTROLLER}, **{f"nao.{n}": n for n in _NAO},
                 **{n: n for n in _SEARCH | {"holdout", "targets", "preset", "space"}}}
 MODE_VALUES = {
@@ -249,7 +251,7 @@ def _pick(values: Mapping[str, Any], names: dict[str, str]) -> dict[str, Any]:
 
 
 def _search_job(mode: str, values: Mapping[str, Any]) -> ExperimentConfig:
-    fields = _pick(values, {n: n for n in _SEARCH - {"queries", "child_lr"}})
+    fields = _pick(values, {n: n for n in _SEARCH - {"queries", "child_lr", "schedule"}})
     if "strategies" in fields:
         fields["strategies"] = tuple(fields["strategies"])
     elif fields.get("evaluator") in EVALUATORS and EVALUATORS[fields["evaluator"]].default_strategies:
@@ -261,7 +263,7 @@ def _search_job(mode: str, values: Mapping[str, Any]) -> ExperimentConfig:
         config = config.resolved()
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    search = _pick(values, {"queries": "queries"})
+    search = _pick(values, {"queries": "queries", "schedule": "schedule"})
     controller = _pick(values, {n: n for n in _CONTROLLER})
     return dataclasses.replace(config, search=dataclasses.replace(config.search, **search),
                                controller=dataclasses.replace(config.controller, **controller),
@@ -328,6 +330,9 @@ def _check_job(config: RunConfig) -> None:
         if job.evaluator != "train" and (job.workers or job.executor != "local"):
             raise ConfigError(f"--workers and --executor apply to --evaluator=train (evaluator="
                               f"{job.evaluator} scores in this process): drop them")
+        if job.ray_address and job.executor != "ray":
+            raise ConfigError(f"--ray_address applies to --executor=ray (executor={job.executor}): add "
+                              "--executor=ray or drop it")
         if job.evaluator == "train":
             try:
                 EXECUTORS[job.executor].check_workers(job.workers)

@@ -83,6 +83,7 @@ class ExperimentConfig:
     candidate: CnnTrainConfig | LmTrainConfig | None = None  # each candidate's recipe; None: the preset's
     executor: str = "local"  # a name of nao.executors.EXECUTORS: where candidates train
     workers: int = 0  # candidates trained at once; 0: the executor's default (one per GPU, else 1)
+    ray_address: str | None = None  # executor 'ray': the cluster's head (None: a Ray of this machine)
 
     def resolved(self) -> ExperimentConfig:
         """This config with the preset's settings filled in; ValueError for an unknown space,
@@ -137,7 +138,8 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-RUNTIME_FIELDS = ("executor", "workers")  # of ExperimentConfig: how a run runs, not what it computes
+# Of ExperimentConfig: how a run runs, not what it computes.
+RUNTIME_FIELDS = ("executor", "workers", "ray_address")
 
 
 def prepare_run_dir(output_dir: Path, config: ExperimentConfig, resume: bool,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ import ray
 from nao.executors.base import WorkerError
 from nao.executors.ray_cluster import ClusterError, RayExecutor, import_ray
 
+ROOT = Path(__file__).resolve().parents[1]
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # actors cannot import the tests folder
 
 
@@ -90,3 +92,20 @@ def test_an_address_that_does_not_answer_is_reported_at_once():
     assert time.perf_counter() - start < 5 and "\n" not in str(raised.value)
     with pytest.raises(ClusterError, match="is not HOST:PORT"):
         RayExecutor(ToyTask(), workers=1, address="nowhere")
+
+
+def test_the_command_line_names_a_dead_address_in_one_line_and_leaves_no_run(ptb_dir, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, str(ROOT / "run_nao.py"), "--space=ptb", "--evaluator=train",
+                             "--preset=smoke", f"--data_dir={ptb_dir}", "--executor=ray",
+                             f"--ray_address=127.0.0.1:{port}", f"--output_dir={out}"],
+                            capture_output=True, text=True, timeout=120)
+    lines = [line for line in result.stderr.splitlines()
+             if line.strip() and not (line[0] in "IWE" and line[1:5].isdigit())]  # absl's log lines aside
+    assert result.returncode == 2 and lines == [
+        f"error: ray_address=127.0.0.1:{port} does not answer (Connection refused): start the cluster's head "
+        "there (ray start --head) or fix the address"], result.stderr
+    assert not out.exists()

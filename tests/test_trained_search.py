@@ -8,6 +8,7 @@ killed twice fails its job and the others go on; bad values of the new settings 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -141,6 +142,32 @@ def test_two_workers_give_the_rows_of_one(finished, no_test_dir, tmp_path):
         max(-v for v in one.values()), rel=1e-4)
 
 
+def test_ray_workers_give_the_rows_of_one_local_worker(finished, no_test_dir, tmp_path):
+    import ray
+
+    out, _, _ = finished
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             object_store_memory=80 * 2**20)
+    try:
+        run_experiment(search_config(no_test_dir, executor="ray", workers=2), tmp_path / "ray", plots=False)
+    finally:
+        ray.shutdown()
+    one = {r["key"]: r["valid_ppl"] for r in rows_of(out)}
+    assert {r["key"]: pytest.approx(r["valid_ppl"], rel=1e-4) for r in rows_of(tmp_path / "ray")} == one
+
+
+def test_async_workers_start_a_candidate_whenever_one_ends(no_test_dir, tmp_path):
+    config = search_config(no_test_dir, queries=4, workers=2)
+    config = dataclasses.replace(config, search=dataclasses.replace(config.search, schedule="async"))
+    run_experiment(config, tmp_path / "async", plots=False)
+    rows = rows_of(tmp_path / "async")
+    proposed = History(tmp_path / "async" / "histories" / "random" / "seed_0.proposed.jsonl",
+                       required=("query", "key", "arch")).rows
+    assert len({r["key"] for r in rows}) == 4 and [p["query"] for p in proposed] == [1, 2, 3, 4]
+    assert {r["key"] for r in rows} == {p["key"] for p in proposed}
+    assert all(Path(r["checkpoint"]).is_dir() and math.isfinite(r["valid_ppl"]) for r in rows)
+
+
 def test_a_diverged_candidate_is_a_failed_row_and_the_search_ends(ptb_dir, tmp_path):
     config = assemble({"space": "ptb", "evaluator": "train", "preset": "smoke", "strategies": ["random"],
                        "data_dir": str(ptb_dir), "queries": 2, "output_dir": str(tmp_path / "nan")},
@@ -186,7 +213,8 @@ def test_cifar_search_data_hold_out_a_validation_split_and_read_no_test_file(tmp
 @pytest.mark.parametrize("values, message", [
     ({"workers": 99}, "workers=99 but this process may use"),
     ({"workers": -1}, "workers=-1 is out of range"),
-    ({"executor": "ray"}, "executor='ray' is out of range"),
+    ({"executor": "cloud"}, "executor='cloud' is out of range"),
+    ({"ray_address": "127.0.0.1:1"}, "--ray_address applies to --executor=ray"),
     ({"evaluator": "table", "space": "nb201", "workers": 2}, "apply to --evaluator=train"),
     ({"space": "nb201"}, "evaluator 'train' trains cells of"),
 ])

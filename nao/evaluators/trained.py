@@ -284,11 +284,13 @@ def build_trained(config: ExperimentConfig) -> EvaluatorSetup:
     executor_type = EXECUTORS[config.executor]
     workers = config.workers
     executor_type.check_workers(workers)
+    executor_type.preflight(config.ray_address)
+    where = {"address": config.ray_address} if config.ray_address else {}
     task = CandidateTraining(config.space, dataset, config.data_dir, config.candidate, config.split_seed)
     facts = {"dataset": dataset, "recipe": dataclasses.asdict(recipe), **_data_sizes(family, data)}
     space = get_space(config.space)
     return EvaluatorSetup(space, facts, lambda seed: TrainedEvaluator(
-        space, task, lambda worker_task: executor_type(worker_task, workers)))
+        space, task, lambda worker_task: executor_type(worker_task, workers, **where)))
 
 
 def _data_sizes(family: str, data: Any) -> dict[str, int]:

@@ -52,6 +52,14 @@ class Executor(abc.ABC):
         """The worker count ``workers`` asks for (0: the executor's default); a one-line ValueError when
         the executor cannot run that many."""
 
+    workers: int  # the workers it runs, as resolved
+
+    @staticmethod
+    def preflight(address: str | None) -> None:
+        """Check before any work that the workers can be reached (``address``: a cluster's, for an
+        executor that reaches one); a one-line error otherwise. Local workers need nothing."""
+        return None
+
     @abc.abstractmethod
     def submit(self, job_id: int, payload: Any) -> None:
         """Queue a job; ``job_id`` names it in its ``Outcome``."""

@@ -92,6 +92,12 @@ class RayExecutor(Executor):
         self._actors = 0
 
     @staticmethod
+    def preflight(address: str | None) -> None:
+        import_ray()
+        if address:
+            check_address(address)
+
+    @staticmethod
     def check_workers(workers: int, gpus: int | None = None) -> int:
         """``workers`` (0: one per GPU of the cluster, else 1); more than the cluster's GPUs is an error.
         Without ``gpus`` (before connecting) only the sign is checked."""
