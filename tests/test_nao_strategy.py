@@ -82,10 +82,13 @@ def test_pretraining_teaches_reconstruction_of_unseen_architectures(nb201_space,
     assert accuracy[300] > accuracy[0] + 0.2, accuracy
 
 
-@pytest.mark.parametrize("refit_from", ["previous", "initial"])
+@pytest.mark.parametrize("refit_from, until, restarts", [("previous", 0, False), ("initial", 0, True),
+                                                         ("initial", 13, True), ("initial", 12, False)])
 def test_refit_from_initial_starts_every_fit_from_the_first_fits_start(nb201_space, nb201_evaluator,
-                                                                       small_controller, refit_from):
-    options = dataclasses.replace(SMALL, refit_from=refit_from)
+                                                                       small_controller, refit_from, until,
+                                                                       restarts):
+    """The second fit sees a pool of 12: it restarts unless warm starts are asked for or 12 >= refit_until."""
+    options = dataclasses.replace(SMALL, refit_from=refit_from, refit_until=until)
     strategy = NaoStrategy(nb201_space, 0, small_controller, options)
     spy = FitSpy(strategy.controller)
     pool = scored_pool(nb201_space, nb201_evaluator, 8)
@@ -93,7 +96,8 @@ def test_refit_from_initial_starts_every_fit_from_the_first_fits_start(nb201_spa
         for arch in strategy.propose(pool, 4):
             pool.add(arch, next(iter(nb201_evaluator.evaluate([arch])))[1].valid)
     first, second = spy.calls[0]["start"], spy.calls[1]["start"]
-    assert tree_equal(first, second) == (refit_from == "initial")
+    assert len(spy.calls[1]["tokens"]) == 12
+    assert tree_equal(first, second) == restarts
 
 
 def test_pseudo_labels_add_unlabelled_rows_with_the_ensembles_mean_prediction(nb201_space, pool,

@@ -11,6 +11,12 @@ BANANAS chooses. Half of
 each batch (``local_slots``) is chosen the same way among the unseen one-edit
 neighbours of the best architecture so far, so the incumbent's neighbourhood
 is explored even where the predictor, fitted on few architectures, misranks it.
+Before its first fit the ensemble is pre-trained on the reconstruction of 256
+random architectures that are never evaluated (free: no query is spent), and
+while the pool holds fewer than 60 architectures every fit starts again from
+that pre-trained state instead of the last fit's, so controllers fitted on
+the first 10 to 50 do not carry their overfit into the next rounds
+(docs/notes/nao_small_budget.md).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ class NaoOptions:
     unlabelled: int = 0  # random architectures drawn once, never evaluated: pre-training and pseudo-labels
     pretrain_steps: int = 0  # reconstruction-only steps on the unlabelled ones before the first fit
     refit_from: str = "previous"  # previous: warm start (the paper) | initial: every fit as the first starts
+    refit_until: int = 0  # > 0: refit_from="initial" only while the pool is smaller than this
     pseudo_labels: int = 0  # unlabelled architectures labelled by the ensemble's mean, then trained on
     pseudo_weight: float = 0.5  # weight of a pseudo-label's squared error against a real score's
     pseudo_until: int = 0  # > 0: pseudo-labels only while the pool is smaller than this
@@ -52,7 +59,7 @@ NAO_PRESETS: dict[str, NaoOptions] = {
     "paper": NaoOptions(init_size=50, per_iteration=50, top_k=100, max_eta=100, acquisition="none",
                         neighbor_seeds=0, local_slots=0,
                         targets="minmax"),
-    "default": NaoOptions(),
+    "default": NaoOptions(unlabelled=256, pretrain_steps=500, refit_from="initial", refit_until=60),
     "smoke": NaoOptions(init_size=4, per_iteration=4, top_k=4, etas=(1, 4, 16), local_slots=2),
 }
 ACQUISITIONS = ("its", "mean", "ucb", "none")
@@ -144,7 +151,7 @@ class NaoStrategy(Strategy):
             self.controller.fit(tokens, np.zeros(len(tokens)), jax.random.fold_in(key, 1),
                                 weights=np.zeros(len(tokens)), steps=opts.pretrain_steps)
             self.initial = (self.controller.params, self.controller.opt_state)
-        elif opts.refit_from == "initial":
+        elif opts.refit_from == "initial" and (not opts.refit_until or len(pool) < opts.refit_until):
             self.controller.params, self.controller.opt_state = self.initial
         tokens = self.space.tokens_batch(pool.archs)
         targets = normalize_targets(np.asarray(pool.scores), opts.targets)
