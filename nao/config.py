@@ -33,7 +33,7 @@ from nao.models.lm_train import LmTrainConfig
 from nao.search import SCHEDULES, SearchSettings
 from nao.spaces import SPACES
 from nao.strategies import STRATEGIES, BananasOptions
-from nao.strategies.nao import ACQUISITIONS, TARGETS, NaoOptions
+from nao.strategies.nao import ACQUISITIONS, REFIT_FROM, TARGETS, NaoOptions
 from nao.validation import (
     NON_NEGATIVE,
     POSITIVE,
@@ -119,6 +119,9 @@ rules_for(NaoOptions, {
     "init_size": NON_NEGATIVE, "per_iteration": _SIZE, "top_k": _SIZE, "etas": each(number(above=0.0)),
     "max_eta": NON_NEGATIVE, "acquisition": choice(ACQUISITIONS), "ucb_kappa": number(0.0),
     "targets": choice(TARGETS), "neighbor_seeds": NON_NEGATIVE, "local_slots": NON_NEGATIVE,
+    "batch_fraction": _FRACTION, "unlabelled": NON_NEGATIVE, "pretrain_steps": NON_NEGATIVE,
+    "refit_from": choice(REFIT_FROM), "pseudo_labels": NON_NEGATIVE, "pseudo_weight": number(0.0),
+    "pseudo_until": NON_NEGATIVE, "refit_until": NON_NEGATIVE,
 })
 rules_for(BananasOptions, {
     "init_size": _SIZE, "per_iteration": _SIZE, "candidates": _SIZE, "parents": _SIZE,

@@ -160,11 +160,14 @@ def test_generate_obeys_a_mask_that_depends_on_the_previous_token(fitted, pool, 
     assert (generated[:, 0] == 1).any() or (generated[:, 0] == 2).any()
 
 
-@pytest.mark.parametrize("trade_off", [0.8, 0.3])
-def test_joint_loss_is_weighted_mse_plus_nll(fitted, pool, trade_off, small_controller):
+@pytest.mark.parametrize("trade_off, weights", [(0.8, np.ones(8)), (0.3, np.ones(8)),
+                                                (0.8, np.linspace(0.0, 1.0, 8))])
+def test_joint_loss_is_weighted_mse_plus_nll(fitted, pool, trade_off, weights, small_controller):
+    """Each row's squared error counts with its weight (0: a row without a score, as in pre-training)."""
     controller, _, _ = fitted
     tokens, targets = pool
     tokens, targets = jnp.asarray(tokens[:8]), jnp.asarray(targets[:8], jnp.float32)
+    weights = jnp.asarray(weights, jnp.float32)
     # Without dropout the loss's terms can be recomputed from the eval-mode network.
     config = dataclasses.replace(small_controller, trade_off=trade_off, mlp_dropout=0.0)
     model = EPD(config, controller.space.vocab_size, controller.space.tokens_per_step)
@@ -172,7 +175,7 @@ def test_joint_loss_is_weighted_mse_plus_nll(fitted, pool, trade_off, small_cont
 
     @jax.jit  # one compilation instead of many eager dispatches
     def loss_and_reference(params):
-        loss = training.joint_loss(model, params, tokens, targets, jax.random.key(3))
+        loss = training.joint_loss(model, params, tokens, targets, weights, jax.random.key(3))
         outputs = model.apply(params, tokens, method=EPD.encode)
         embedding = pooled_embedding(outputs)
         predicted = model.apply(params, embedding, method=EPD.predict)
@@ -183,7 +186,7 @@ def test_joint_loss_is_weighted_mse_plus_nll(fitted, pool, trade_off, small_cont
             log_probs = jax.nn.log_softmax(logits)
             log_likelihood += jnp.sum(log_probs[jnp.arange(8), tokens[:, position]])
             previous = tokens[:, position]
-        return loss, jnp.mean((predicted - targets) ** 2), -log_likelihood / tokens.size
+        return loss, jnp.mean(weights * (predicted - targets) ** 2), -log_likelihood / tokens.size
 
     (total, (mse, nll)), reference_mse, reference_nll = loss_and_reference(params)
     np.testing.assert_allclose(total, trade_off * mse + (1 - trade_off) * nll, rtol=1e-6)

@@ -60,7 +60,8 @@ class Controller:
         seeds = jnp.zeros((_bucket(num_seeds, _SEED_ROWS), length), jnp.int32)
         jobs = [
             lambda: training.fit(self.model, self.params, self.opt_state, tokens, jnp.zeros(tokens.shape[0]),
-                                 jnp.int32(1), self.permutations, jnp.int32(0), jax.random.key(0)),
+                                 jnp.ones(tokens.shape[0]), jnp.int32(1), self.permutations, jnp.int32(0),
+                                 jax.random.key(0)),
             lambda: generation.generate(self.model, self.params, seeds, jnp.zeros(num_etas),
                                         self.transition_mask),
             lambda: generation.predict(self.model, self.params, tokens),
@@ -74,18 +75,28 @@ class Controller:
             future.result()
         self._warming = []
 
-    def fit(self, tokens: np.ndarray, targets: np.ndarray, key: jax.Array,
-            epochs: int | None = None) -> dict[str, float]:
-        """Train on (n, L) tokens with targets in [0, 1]; returns the steps run and the last mse, nll."""
+    def steps_for(self, count: int, epochs: int | None = None) -> int:
+        """Minibatch steps of a fit on ``count`` rows: ``epochs`` (the config's by default), at least
+        ``min_steps``."""
+        epochs = self.config.epochs if epochs is None else epochs
+        return max(self.config.min_steps, epochs * math.ceil(count / self.config.batch_size))
+
+    def fit(self, tokens: np.ndarray, targets: np.ndarray, key: jax.Array, epochs: int | None = None,
+            weights: np.ndarray | None = None, steps: int | None = None) -> dict[str, float]:
+        """Train on (n, L) tokens with targets in [0, 1]; returns the steps run and the last mse, nll.
+
+        ``weights`` (n,) scale each row's squared error (default 1; 0: the row trains the
+        reconstruction only); ``steps`` replaces the count ``steps_for`` gives."""
         self._ready()
         count = tokens.shape[0]
-        epochs = self.config.epochs if epochs is None else epochs
-        steps = max(self.config.min_steps, epochs * math.ceil(count / self.config.batch_size))
+        steps = self.steps_for(count, epochs) if steps is None else steps
+        weights = np.ones(count, np.float32) if weights is None else weights
         capacity = _bucket(count, _POOL_ROWS)
         self.params, self.opt_state, metrics = training.fit(
             self.model, self.params, self.opt_state,
             jnp.asarray(_pad_rows(tokens.astype(np.int32), capacity)),
             jnp.asarray(_pad_rows(targets.astype(np.float32), capacity)),
+            jnp.asarray(_pad_rows(weights.astype(np.float32), capacity)),
             jnp.int32(count), self.permutations, jnp.int32(steps), key)
         metrics = np.asarray(metrics).mean(axis=0)
         return {"steps": steps, "mse": float(metrics[0]), "nll": float(metrics[1])}

@@ -27,8 +27,11 @@ def make_optimizer(config: ControllerConfig) -> optax.GradientTransformation:
     )
 
 
-def joint_loss(model: EPD, params, tokens: jax.Array, targets: jax.Array, key: jax.Array):
-    """lambda * MSE(predictor) + (1 - lambda) * NLL(decoder, teacher forcing)."""
+def joint_loss(model: EPD, params, tokens: jax.Array, targets: jax.Array, weights: jax.Array, key: jax.Array):
+    """lambda * MSE(predictor) + (1 - lambda) * NLL(decoder, teacher forcing).
+
+    ``weights`` scales each row's squared error: 0 for a row without a score (reconstruction only),
+    below 1 for a pseudo-label."""
     encoder_key, mlp_key = jax.random.split(key)
     outputs = model.apply(params, tokens, True, method=EPD.encode, rngs={"dropout": encoder_key})
     embedding = pooled_embedding(outputs)
@@ -36,7 +39,7 @@ def joint_loss(model: EPD, params, tokens: jax.Array, targets: jax.Array, key: j
     logits = teacher_forced_logits(model, params, tokens, outputs, embedding)
     log_probs = jax.nn.log_softmax(logits)
     nll = -jnp.mean(jnp.take_along_axis(log_probs, tokens[..., None], axis=-1))
-    mse = jnp.mean((predicted - targets) ** 2)
+    mse = jnp.mean(weights * (predicted - targets) ** 2)
     trade_off = model.config.trade_off
     return trade_off * mse + (1.0 - trade_off) * nll, (mse, nll)
 
@@ -62,11 +65,11 @@ def init_ensemble(model: EPD, seq_len: int, key: jax.Array):
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
-def fit(model: EPD, params, opt_state, tokens: jax.Array, targets: jax.Array, count: jax.Array,
-        permutations: jax.Array, num_steps: jax.Array, key: jax.Array):
+def fit(model: EPD, params, opt_state, tokens: jax.Array, targets: jax.Array, weights: jax.Array,
+        count: jax.Array, permutations: jax.Array, num_steps: jax.Array, key: jax.Array):
     """Train every ensemble member for ``num_steps`` minibatch steps.
 
-    tokens (C, L) and targets (C,) hold ``count`` real rows followed by padding;
+    tokens (C, L), targets (C,) and their MSE weights (C,) hold ``count`` real rows followed by padding;
     minibatches are drawn with replacement from the real rows, and each sample
     is rewritten with a random symmetry permutation (P, L) of its space.
     Returns the new params, optimizer states and the members' last (mse, nll).
@@ -81,7 +84,7 @@ def fit(model: EPD, params, opt_state, tokens: jax.Array, targets: jax.Array, co
         perms = permutations[jax.random.randint(perm_key, (config.batch_size,), 0,
                                                 permutations.shape[0])]
         batch = jnp.take_along_axis(tokens[rows], perms, axis=1)
-        grads, metrics = grad_fn(params, batch, targets[rows], loss_key)
+        grads, metrics = grad_fn(params, batch, targets[rows], weights[rows], loss_key)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, jnp.stack(metrics)
 

@@ -11,11 +11,18 @@ BANANAS chooses. Half of
 each batch (``local_slots``) is chosen the same way among the unseen one-edit
 neighbours of the best architecture so far, so the incumbent's neighbourhood
 is explored even where the predictor, fitted on few architectures, misranks it.
+Before its first fit the ensemble is pre-trained on the reconstruction of 256
+random architectures that are never evaluated (free: no query is spent), and
+while the pool holds fewer than 60 architectures every fit starts again from
+that pre-trained state instead of the last fit's, so controllers fitted on
+the first 10 to 50 do not carry their overfit into the next rounds
+(docs/notes/nao_small_budget.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -36,18 +43,28 @@ class NaoOptions:
     ucb_kappa: float = 1.0
     targets: str = "rank"  # rank | minmax (the paper's)
     neighbor_seeds: int = 3  # > 0: also offer the one-edit neighbours of the best n as candidates
-    local_slots: int = 5  # of each batch, up to this many go to the best architecture's unseen neighbours
+    local_slots: int = 5  # of a full batch, up to this many go to the best architecture's unseen neighbours
+    # Small-budget schedule (docs/notes/nao_small_budget.md):
+    batch_fraction: float = 0.0  # > 0: a batch is at most this share of the pool (rounded up): batches grow
+    unlabelled: int = 0  # random architectures drawn once, never evaluated: pre-training and pseudo-labels
+    pretrain_steps: int = 0  # reconstruction-only steps on the unlabelled ones before the first fit
+    refit_from: str = "previous"  # previous: warm start (the paper) | initial: every fit as the first starts
+    refit_until: int = 0  # > 0: refit_from="initial" only while the pool is smaller than this
+    pseudo_labels: int = 0  # unlabelled architectures labelled by the ensemble's mean, then trained on
+    pseudo_weight: float = 0.5  # weight of a pseudo-label's squared error against a real score's
+    pseudo_until: int = 0  # > 0: pseudo-labels only while the pool is smaller than this
 
 
 NAO_PRESETS: dict[str, NaoOptions] = {
     "paper": NaoOptions(init_size=50, per_iteration=50, top_k=100, max_eta=100, acquisition="none",
                         neighbor_seeds=0, local_slots=0,
                         targets="minmax"),
-    "default": NaoOptions(),
+    "default": NaoOptions(unlabelled=256, pretrain_steps=500, refit_from="initial", refit_until=60),
     "smoke": NaoOptions(init_size=4, per_iteration=4, top_k=4, etas=(1, 4, 16), local_slots=2),
 }
 ACQUISITIONS = ("its", "mean", "ucb", "none")
 TARGETS = ("rank", "minmax")
+REFIT_FROM = ("previous", "initial")
 
 
 def normalize_targets(scores: np.ndarray, how: str) -> np.ndarray:
@@ -68,6 +85,12 @@ class NaoStrategy(Strategy):
             raise ValueError(f"unknown acquisition {options.acquisition!r}: choose one of {ACQUISITIONS}")
         if options.targets not in TARGETS:
             raise ValueError(f"unknown target normalisation {options.targets!r}: choose one of {TARGETS}")
+        if options.refit_from not in REFIT_FROM:
+            raise ValueError(f"unknown nao.refit_from {options.refit_from!r}: choose one of {REFIT_FROM}")
+        if options.pseudo_labels > options.unlabelled or options.pretrain_steps and not options.unlabelled:
+            raise ValueError(f"nao.pseudo_labels={options.pseudo_labels} and nao.pretrain_steps="
+                             f"{options.pretrain_steps} need unlabelled architectures: raise nao.unlabelled "
+                             f"(now {options.unlabelled}) to at least pseudo_labels and 1")
         self.options = options
         self.key = jax.random.key(seed)
         self.controller = Controller(space, controller, jax.random.fold_in(self.key, 0))
@@ -76,17 +99,21 @@ class NaoStrategy(Strategy):
         self.controller.warm_up(options.top_k, etas_per_call)
         self.iteration = 0
         self.last_fit: dict[str, float] = {}
+        # Drawn from their own generator, so the other draws are those of a search without them.
+        unlabelled_rng = np.random.default_rng([seed, 1])
+        self.unlabelled = [space.sample(unlabelled_rng) for _ in range(options.unlabelled)]
+        # What every fit starts from under refit_from="initial": set again after pre-training.
+        self.initial = (self.controller.params, self.controller.opt_state)
 
     def propose(self, pool: Pool, count: int) -> list:
         opts = self.options
         if len(pool) < opts.init_size:
             return sample_unseen(self.space, pool, self.rng, min(count, opts.init_size - len(pool)))
         count = min(count, opts.per_iteration)
+        if opts.batch_fraction > 0:
+            count = min(count, max(1, math.ceil(opts.batch_fraction * len(pool))))
         self.iteration += 1
-        key = jax.random.fold_in(self.key, self.iteration)
-        tokens = self.space.tokens_batch(pool.archs)
-        targets = normalize_targets(np.asarray(pool.scores), opts.targets)
-        self.last_fit = self.controller.fit(tokens, targets, key)
+        self._fit(pool, jax.random.fold_in(self.key, self.iteration))
         seeds = self.space.tokens_batch(pool.top(opts.top_k))
         if opts.max_eta > 0:
             chosen = self._paper_ladder(pool, seeds, count)
@@ -102,7 +129,9 @@ class NaoStrategy(Strategy):
             if opts.local_slots > 0:
                 best_neighbors = {self.space.key(a) for a in self.space.neighbors(pool.top(1)[0])}
                 local = [a for a in candidates if self.space.key(a) in best_neighbors]
-                chosen = self._select(local, min(opts.local_slots, count))
+                # A smaller batch keeps the full batch's share of local slots.
+                slots = min(opts.local_slots, math.ceil(opts.local_slots * count / opts.per_iteration))
+                chosen = self._select(local, slots)
                 picked = {self.space.key(a) for a in chosen}
                 candidates = [a for a in candidates if self.space.key(a) not in picked]
             chosen += self._select(candidates, count - len(chosen))
@@ -113,11 +142,36 @@ class NaoStrategy(Strategy):
             chosen += extra[:count - len(chosen)]
         return chosen
 
+    def _fit(self, pool: Pool, key: jax.Array) -> None:
+        """Fit the controller on the pool: after pre-training it on the unlabelled architectures (first
+        fit), from the start ``refit_from`` names, and again with pseudo-labels (Luo et al., 2020)."""
+        opts = self.options
+        if self.iteration == 1 and opts.pretrain_steps:
+            tokens = self.space.tokens_batch(self.unlabelled)
+            self.controller.fit(tokens, np.zeros(len(tokens)), jax.random.fold_in(key, 1),
+                                weights=np.zeros(len(tokens)), steps=opts.pretrain_steps)
+            self.initial = (self.controller.params, self.controller.opt_state)
+        elif opts.refit_from == "initial" and (not opts.refit_until or len(pool) < opts.refit_until):
+            self.controller.params, self.controller.opt_state = self.initial
+        tokens = self.space.tokens_batch(pool.archs)
+        targets = normalize_targets(np.asarray(pool.scores), opts.targets)
+        self.last_fit = self.controller.fit(tokens, targets, key)
+        unlabelled = [a for a in self.unlabelled if a not in pool][:opts.pseudo_labels]
+        if unlabelled and (not opts.pseudo_until or len(pool) < opts.pseudo_until):
+            extra = self.space.tokens_batch(unlabelled)
+            pseudo = self.controller.predict(extra).mean(0)
+            weights = np.concatenate([np.ones(len(pool)), np.full(len(extra), opts.pseudo_weight)])
+            both_tokens, both_targets = np.concatenate([tokens, extra]), np.concatenate([targets, pseudo])
+            self.last_fit = self.controller.fit(both_tokens, both_targets, jax.random.fold_in(key, 2),
+                                                weights=weights, steps=self.controller.steps_for(len(pool)))
+
     def save_state(self) -> tuple[Any, dict[str, Any]]:
         """The controller (warm-started from round to round) and its configuration, the iteration
         (which keys the controller's randomness) and the generator of the other draws."""
         arrays, facts = super().save_state()
         controller = {"params": self.controller.params, "opt_state": self.controller.opt_state}
+        if self.options.refit_from == "initial":
+            controller["initial"] = self.initial
         return controller, {**facts, "iteration": self.iteration, "last_fit": self.last_fit,
                              "controller": dataclasses.asdict(self.controller.config)}
 
@@ -125,6 +179,8 @@ class NaoStrategy(Strategy):
         super().load_state(arrays, facts)
         self.controller.params = jax.tree.map(np.asarray, arrays["params"])
         self.controller.opt_state = jax.tree.map(np.asarray, arrays["opt_state"])
+        if "initial" in arrays:
+            self.initial = jax.tree.map(np.asarray, arrays["initial"])
         self.iteration, self.last_fit = facts["iteration"], facts["last_fit"]
 
     def _decode_new(self, pool: Pool, seeds: np.ndarray, etas: np.ndarray, taken: set) -> list:
