@@ -38,9 +38,10 @@ from nao.search import SearchSettings, search
 from nao.spaces import NasBench201Space
 from nao.strategies import NAO_PRESETS, make_strategy
 
-# Seconds per candidate of the train evaluator's `cpu` preset: NAO's PTB cells, measured by
-# benchmarks/trained_candidate.py on the 2-core development machine (spread across cells and load).
-MEASURED = [95.0, 110.0, 120.0, 128.0, 135.0, 150.0, 170.0, 210.0]
+# Seconds per candidate of the train evaluator's `cpu` preset, PTB and CIFAR cells, a worker's first
+# and later candidates, on the 2-core development machine at two levels of load: every figure
+# benchmarks/trained_candidate.py measured there (the README's "Full NAO on many workers").
+MEASURED = [130.0, 98.0, 234.8, 155.5, 110.9, 166.3, 166.9, 249.9]
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workers", ["8", "64", "256"], "Simulated worker counts.")

@@ -244,3 +244,28 @@ def test_symmetry_permutations_teach_the_swapped_sequences(fitted, pool, small_c
     np.testing.assert_array_equal(rebuilt, np.broadcast_to(swapped, rebuilt.shape))
     plain_exact = (plain.reconstruct(swapped) == swapped).all(axis=2).mean(axis=1)
     assert np.all(plain_exact < 0.5), plain_exact
+
+
+def test_a_long_fit_runs_in_pieces_that_equal_one_call_and_logs_its_progress(nb201_space, pool,
+                                                                              small_controller, monkeypatch,
+                                                                              caplog):
+    import functools
+    import logging
+
+    import nao.controller as controller_module
+
+    tokens, targets = pool
+    fitted = {}
+    for chunk in (1000, 7):
+        monkeypatch.setattr(controller_module, "CHUNK_STEPS", chunk)
+        monkeypatch.setattr(controller_module, "Ticker", functools.partial(controller_module.Ticker, every=0))
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="nao"):
+            controller = Controller(nb201_space, small_controller, jax.random.key(0))
+            metrics = controller.fit(tokens, targets, jax.random.key(1), steps=20)
+        fitted[chunk] = (controller.params, metrics)
+        lines = [r.getMessage() for r in caplog.records if "controller fit on" in r.getMessage()]
+        # A line after each piece but the last: none for one call, steps 7 and 14 of 20 in pieces.
+        expected = [] if chunk == 1000 else ["step 7/20", "step 14/20"]
+        assert [line.split("  ")[1] for line in lines] == expected
+    assert tree_equal(fitted[1000][0], fitted[7][0]) and fitted[1000][1] == fitted[7][1]

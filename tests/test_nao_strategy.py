@@ -142,3 +142,12 @@ def test_pseudo_labels_or_pretraining_without_unlabelled_architectures_are_refus
     for options in (NaoOptions(pseudo_labels=5), NaoOptions(pretrain_steps=5)):
         with pytest.raises(ValueError, match="raise nao.unlabelled"):
             NaoStrategy(nb201_space, 0, small_controller, options)
+
+
+def test_a_diverged_controller_stops_the_search_in_one_line(nb201_space, pool, small_controller, monkeypatch):
+    strategy = NaoStrategy(nb201_space, 0, small_controller, NAO_PRESETS["smoke"])
+    monkeypatch.setattr(strategy.controller, "fit", lambda *args, **kwargs: {"steps": 1, "mse": math.nan,
+                                                                             "nll": 2.0})
+    with pytest.raises(ValueError, match=r"^NAO's controller diverged in iteration 1 \(mse nan, nll 2\.0\): "
+                                         r"lower controller\.learning_rate=.* in a new output_dir$"):
+        strategy.propose(pool, 4)

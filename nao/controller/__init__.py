@@ -18,10 +18,12 @@ import numpy as np
 from nao.controller import generation, training
 from nao.controller.config import PRESETS, ControllerConfig, get_preset
 from nao.controller.model import EPD
+from nao.models.training import Ticker
 from nao.spaces.base import SearchSpace
 
 # Padded row counts: the pool (fit, predict) and the seeds of a generation call.
 _POOL_ROWS, _SEED_ROWS = 256, 16
+CHUNK_STEPS = 200  # controller steps per call of a fit (a few seconds at most on a CPU)
 
 
 def _bucket(n: int, minimum: int) -> int:
@@ -61,7 +63,7 @@ class Controller:
         jobs = [
             lambda: training.fit(self.model, self.params, self.opt_state, tokens, jnp.zeros(tokens.shape[0]),
                                  jnp.ones(tokens.shape[0]), jnp.int32(1), self.permutations, jnp.int32(0),
-                                 jax.random.key(0)),
+                                 jnp.int32(0), jax.random.key(0)),
             lambda: generation.generate(self.model, self.params, seeds, jnp.zeros(num_etas),
                                         self.transition_mask),
             lambda: generation.predict(self.model, self.params, tokens),
@@ -92,12 +94,22 @@ class Controller:
         steps = self.steps_for(count, epochs) if steps is None else steps
         weights = np.ones(count, np.float32) if weights is None else weights
         capacity = _bucket(count, _POOL_ROWS)
-        self.params, self.opt_state, metrics = training.fit(
-            self.model, self.params, self.opt_state,
-            jnp.asarray(_pad_rows(tokens.astype(np.int32), capacity)),
-            jnp.asarray(_pad_rows(targets.astype(np.float32), capacity)),
-            jnp.asarray(_pad_rows(weights.astype(np.float32), capacity)),
-            jnp.int32(count), self.permutations, jnp.int32(steps), key)
+        rows = (jnp.asarray(_pad_rows(tokens.astype(np.int32), capacity)),
+                jnp.asarray(_pad_rows(targets.astype(np.float32), capacity)),
+                jnp.asarray(_pad_rows(weights.astype(np.float32), capacity)))
+        # In pieces of CHUNK_STEPS, the same steps as one call, so that a long fit (the paper preset's
+        # 1000 epochs) shows its progress; the first line comes after a few seconds.
+        ticker = Ticker(f"controller fit on {count} architectures", steps, "steps")
+        done = 0
+        while done < steps:
+            piece = min(CHUNK_STEPS, steps - done)
+            self.params, self.opt_state, metrics = training.fit(
+                self.model, self.params, self.opt_state, *rows, jnp.int32(count), self.permutations,
+                jnp.int32(done), jnp.int32(piece), key)
+            done += piece
+            if ticker.due() and done < steps:
+                mse, nll = np.asarray(metrics).mean(axis=0)
+                ticker.log(done, done, {"mse": float(mse), "nll": float(nll)})
         metrics = np.asarray(metrics).mean(axis=0)
         return {"steps": steps, "mse": float(metrics[0]), "nll": float(metrics[1])}
 

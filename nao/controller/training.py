@@ -66,8 +66,10 @@ def init_ensemble(model: EPD, seq_len: int, key: jax.Array):
 
 @functools.partial(jax.jit, static_argnames=("model",))
 def fit(model: EPD, params, opt_state, tokens: jax.Array, targets: jax.Array, weights: jax.Array,
-        count: jax.Array, permutations: jax.Array, num_steps: jax.Array, key: jax.Array):
-    """Train every ensemble member for ``num_steps`` minibatch steps.
+        count: jax.Array, permutations: jax.Array, first_step: jax.Array, num_steps: jax.Array,
+        key: jax.Array):
+    """Train every ensemble member for minibatch steps ``first_step .. first_step + num_steps - 1`` (a
+    long fit runs in pieces, each step drawing from ``key`` and its index as one call would).
 
     tokens (C, L), targets (C,) and their MSE weights (C,) hold ``count`` real rows followed by padding;
     minibatches are drawn with replacement from the real rows, and each sample
@@ -94,4 +96,4 @@ def fit(model: EPD, params, opt_state, tokens: jax.Array, targets: jax.Array, we
         return jax.vmap(member_step)(params, opt_state, keys)
 
     metrics = jnp.zeros((config.ensemble, 2))
-    return jax.lax.fori_loop(0, num_steps, body, (params, opt_state, metrics))
+    return jax.lax.fori_loop(first_step, first_step + num_steps, body, (params, opt_state, metrics))

@@ -99,7 +99,8 @@ SEARCH_RECIPES: dict[str, dict[str, CnnTrainConfig | LmTrainConfig]] = {
 _PAPER_NAO = dataclasses.replace(NAO_PRESETS["paper"], init_size=400, per_iteration=300)
 _SEARCHES = {
     "paper": SearchPreset(SearchSettings(queries=1000), PRESETS["paper"], _PAPER_NAO),
-    "cpu": SearchPreset(SearchSettings(queries=8, top=3), PRESETS["smoke"],
+    # A worker starts a new candidate as soon as it is free (the paper's rounds wait for the slowest).
+    "cpu": SearchPreset(SearchSettings(queries=8, top=3, schedule="async"), PRESETS["smoke"],
                         dataclasses.replace(NAO_PRESETS["smoke"], init_size=4, per_iteration=2)),
     "smoke": SearchPreset(SearchSettings(queries=4, top=3), PRESETS["smoke"],
                           dataclasses.replace(NAO_PRESETS["smoke"], init_size=2, per_iteration=2, top_k=2)),

@@ -164,6 +164,11 @@ class NaoStrategy(Strategy):
             both_tokens, both_targets = np.concatenate([tokens, extra]), np.concatenate([targets, pseudo])
             self.last_fit = self.controller.fit(both_tokens, both_targets, jax.random.fold_in(key, 2),
                                                 weights=weights, steps=self.controller.steps_for(len(pool)))
+        if not (math.isfinite(self.last_fit["mse"]) and math.isfinite(self.last_fit["nll"])):
+            config, fit = self.controller.config, self.last_fit
+            raise ValueError(f"NAO's controller diverged in iteration {self.iteration} (mse {fit['mse']}, "
+                             f"nll {fit['nll']}): lower controller.learning_rate={config.learning_rate} or "
+                             f"controller.grad_clip={config.grad_clip}, in a new output_dir")
 
     def save_state(self) -> tuple[Any, dict[str, Any]]:
         """The controller (warm-started from round to round) and its configuration, the iteration
