@@ -111,8 +111,9 @@ _define("string", "executor", "local", "evaluator 'train': where candidates trai
         "processes of this machine; 'ray': a Ray cluster (pip install 'nao[ray]').")
 _define("string", "ray_address", None, "executor 'ray': HOST:PORT of the cluster's head (ray start --head "
         "prints it) or ray://HOST:PORT; unset: a Ray instance on this machine.")
-_define("string", "schedule", None, "sync: rounds that wait for their slowest evaluation, as the paper ran "
-        "(the default); async: a new proposal whenever an evaluation ends (evaluators table and train).")
+_define("string", "schedule", None, "sync: rounds that wait for their slowest evaluation, as the paper ran; "
+        "async: a new proposal whenever an evaluation ends (evaluators table and train). Default: the "
+        "preset's (sync, but async for --evaluator=train --preset=cpu).")
 _define("integer", "workers", 0, "evaluator 'train': candidates trained at once, one a worker (0: one per "
         "GPU, else 1; at most one per GPU or CPU core).")
 _define("integer", "score_batches", 1, "supernet on CIFAR: every cell is scored on this many hold-out "

@@ -333,6 +333,10 @@ def _check_job(config: RunConfig) -> None:
         if job.evaluator != "train" and (job.workers or job.executor != "local"):
             raise ConfigError(f"--workers and --executor apply to --evaluator=train (evaluator="
                               f"{job.evaluator} scores in this process): drop them")
+        if job.supernet_lr is not None and job.evaluator != "supernet":
+            fix = "set the candidates' with --set=candidate.lr=..." if job.evaluator == "train" else "drop it"
+            raise ConfigError(f"--child_lr sets a supernet's learning rate; evaluator={job.evaluator} has "
+                              f"none: {fix}")
         if job.ray_address and job.executor != "ray":
             raise ConfigError(f"--ray_address applies to --executor=ray (executor={job.executor}): add "
                               "--executor=ray or drop it")

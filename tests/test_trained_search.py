@@ -215,6 +215,8 @@ def test_cifar_search_data_hold_out_a_validation_split_and_read_no_test_file(tmp
     ({"workers": -1}, "workers=-1 is out of range"),
     ({"executor": "cloud"}, "executor='cloud' is out of range"),
     ({"ray_address": "127.0.0.1:1"}, "--ray_address applies to --executor=ray"),
+    ({"child_lr": 0.5}, "--child_lr sets a supernet's learning rate; evaluator=train has none: set the "
+                        "candidates' with --set=candidate.lr=..."),
     ({"evaluator": "table", "space": "nb201", "workers": 2}, "apply to --evaluator=train"),
     ({"space": "nb201"}, "evaluator 'train' trains cells of"),
 ])

@@ -30,8 +30,8 @@ Schedules (``SEARCH_RECIPES``) per preset:
   930k training words); per token a 300-unit model costs a third (softmax) to an eighth (cell) of the
   850-unit one, so a candidate is ~1/400-1/1000 of the final training (4 V100-days in NAO's README):
   ~6-15 V100-minutes, 4-10 V100-days for 1000 candidates (an estimate: no GPU measured it here).
-* ``cpu``: one candidate in about two minutes on 2 CPU cores (docs/notes/full_nao.md has the
-  figures); ``smoke``: seconds, for tests.
+* ``cpu``: one candidate in about two minutes on 2 CPU cores (the README's "Full NAO on many
+  workers" has the figures); ``smoke``: seconds, for tests.
 """
 
 from __future__ import annotations

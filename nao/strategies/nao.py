@@ -15,8 +15,8 @@ Before its first fit the ensemble is pre-trained on the reconstruction of 256
 random architectures that are never evaluated (free: no query is spent), and
 while the pool holds fewer than 60 architectures every fit starts again from
 that pre-trained state instead of the last fit's, so controllers fitted on
-the first 10 to 50 do not carry their overfit into the next rounds
-(docs/notes/nao_small_budget.md).
+the first 10 to 50 do not carry their overfit into the next rounds (the
+README's Benchmarks section has the ablation).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class NaoOptions:
     targets: str = "rank"  # rank | minmax (the paper's)
     neighbor_seeds: int = 3  # > 0: also offer the one-edit neighbours of the best n as candidates
     local_slots: int = 5  # of a full batch, up to this many go to the best architecture's unseen neighbours
-    # Small-budget schedule (docs/notes/nao_small_budget.md):
+    # Small-budget schedule (the README's ablation):
     batch_fraction: float = 0.0  # > 0: a batch is at most this share of the pool (rounded up): batches grow
     unlabelled: int = 0  # random architectures drawn once, never evaluated: pre-training and pseudo-labels
     pretrain_steps: int = 0  # reconstruction-only steps on the unlabelled ones before the first fit
