@@ -264,6 +264,13 @@ class _Search:
 
     # -- proposing -------------------------------------------------------------------------------
 
+    def taken(self, archs: list[Hashable]) -> Pool:
+        """A pool of ``archs`` for ``sample_unseen`` to avoid (their scores do not matter)."""
+        taken = Pool(self.space)
+        for arch in archs:
+            taken.add(arch, 0.0, self.key(arch))
+        return taken
+
     def propose_batch(self, pool: Pool, busy: list[Hashable], count: int) -> list[Hashable]:
         """``count`` new, valid architectures not being evaluated: the strategy's, topped up at random."""
         keys = {self.key(arch) for arch in busy}
@@ -274,9 +281,7 @@ class _Search:
                 batch.append(arch)
                 keys.add(self.key(arch))
         if len(batch) < count:
-            taken = Pool(self.space)
-            for arch in [*pool.archs, *busy, *batch]:
-                taken.add(arch, 0.0, self.key(arch))
+            taken = self.taken([*pool.archs, *busy, *batch])
             batch += sample_unseen(self.space, taken, self.strategy.rng, count - len(batch))
         if not batch:
             raise SearchError(f"no new architecture left after {len(self.queried)} queries: the space may be "
@@ -296,9 +301,7 @@ class _Search:
                 keys.add(key)
         batch = batch[:count]
         if settings.random_per_round:
-            taken = Pool(self.space)
-            for arch in [*pool.archs, *batch]:
-                taken.add(arch, 0.0, self.key(arch))
+            taken = self.taken([*pool.archs, *batch])
             rng = np.random.default_rng([self.strategy.seed, 1, round_index])
             batch += sample_unseen(self.space, taken, rng, settings.random_per_round)
         kept = []
