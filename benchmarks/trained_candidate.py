@@ -11,6 +11,15 @@ candidate carries the compilation; CIFAR candidates compile their own network ea
 
 ``--fake_cifar=N`` first writes N random images as official python batches into ``--data_dir``
 (timing only: the images are noise).
+
+``--project`` (with ``--max_steps=K``) answers how much of a full candidate of the preset compilation
+would be, where training one is too long to wait for (the ``paper`` preset on a CPU): each candidate
+is trained twice, for K and for 2K steps, the difference gives the seconds a step takes, and the
+compilation seconds are divided by compilation plus the preset's full step count at that rate. Its
+evaluations are left out of the denominator, so the share printed is an upper bound.
+
+    python benchmarks/trained_candidate.py --space=cifar --data_dir=DATA/cifar10 --preset=paper \
+        --max_steps=10 --project
 """
 
 from __future__ import annotations
@@ -48,7 +57,10 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=2)
     parser.add_argument("--fake_cifar", type=int, default=0)
     parser.add_argument("--max_steps", type=int, default=None, help="override the preset's step limit")
+    parser.add_argument("--project", action="store_true", help="project a full candidate's compile share")
     args = parser.parse_args()
+    if args.project and not args.max_steps:
+        parser.error("--project times --max_steps and twice as many: give --max_steps")
     if args.fake_cifar:
         write_fake_cifar(Path(args.data_dir), args.fake_cifar)
 
@@ -69,21 +81,38 @@ def main() -> None:
     recipe = SEARCH_RECIPES[family][args.preset]
     if args.max_steps is not None:
         recipe = dataclasses.replace(recipe, max_steps=args.max_steps)
-    task = CandidateTraining(args.space, dataset, args.data_dir, recipe, 0)
+    task = CandidateTraining(args.space, dataset, args.data_dir, recipe)
     task.setup()
+    full = SEARCH_RECIPES[family][args.preset]
+    full_steps = full.epochs * (len(task._data.train[0]) // full.batch_size if family == "cnn" else
+                                np.size(task._data.train) // (full.batch_size * full.bptt))
+    if full.max_steps:
+        full_steps = min(full_steps, full.max_steps)
     space, rng = get_space(args.space), np.random.default_rng(0)
     out = Path(tempfile.mkdtemp(prefix="nao_candidates_"))
+
+    def timed(arch_text: str, folder: str, training: CandidateTraining) -> tuple[float, float, float, dict]:
+        compiling[0] = 0.0
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = training((arch_text, folder))
+        return time.perf_counter() - wall, time.process_time() - cpu, compiling[0], result
+
     try:
         for index in range(args.candidates):
-            arch = space.sample(rng)
-            compiling[0] = 0.0
-            wall, cpu = time.perf_counter(), time.process_time()
-            result = task((space.to_string(arch), str(out / str(index))))
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            print(json.dumps({"space": args.space, "preset": args.preset, "candidate": index,
-                              "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
-                              "compile_s": round(compiling[0], 1),
-                              "compile_share": round(compiling[0] / wall, 3), **result}), flush=True)
+            arch_text = space.to_string(space.sample(rng))
+            wall, cpu, compile_s, result = timed(arch_text, str(out / str(index)), task)
+            line = {"space": args.space, "preset": args.preset, "candidate": index, "wall_s": round(wall, 1),
+                    "cpu_s": round(cpu, 1), "compile_s": round(compile_s, 1),
+                    "compile_share": round(compile_s / wall, 3), **result}
+            if args.project:
+                task.recipe = dataclasses.replace(task.recipe, max_steps=2 * args.max_steps)
+                wall2, _, compile2, _ = timed(arch_text, str(out / f"{index}_long"), task)
+                task.recipe = dataclasses.replace(task.recipe, max_steps=args.max_steps)
+                step_s = ((wall2 - compile2) - (wall - compile_s)) / args.max_steps
+                share = compile_s / (compile_s + full_steps * step_s)
+                line.update(step_s=round(step_s, 3), full_steps=full_steps,
+                            full_compile_share_at_most=round(share, 4))
+            print(json.dumps(line), flush=True)
     finally:
         shutil.rmtree(out)
 

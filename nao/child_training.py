@@ -17,7 +17,7 @@ from typing import Any
 
 from nao.models.checkpoint import CheckpointError, CheckpointStore
 from nao.models.files import is_primary
-from nao.models.tasks import TASKS, transferred_weights
+from nao.models.tasks import TASKS, result_weights, transferred_weights
 from nao.models.training import Task, train
 from nao.spaces import get_space
 
@@ -55,9 +55,10 @@ def child_preset(space_name: str, name: str) -> Any:
     return family.presets[name]
 
 
-def checkpoint_space(from_checkpoint: str | Path) -> str:
-    """The space of the cell a training run's checkpoint holds."""
-    return _read_source(from_checkpoint)[1]["space"]
+def checkpoint_source(from_checkpoint: str | Path) -> tuple[str, str]:
+    """(space, dataset) of the cell a training run's checkpoint holds."""
+    meta = _read_source(from_checkpoint)[1]
+    return meta["space"], meta["dataset"]
 
 
 def finetune_recipe(config: Any) -> Any:
@@ -110,24 +111,48 @@ def transfer_child(from_checkpoint: str | Path, dataset: str, data_dir: str | No
     if fine_tune and kind != "weights":
         raise ValueError("fine_tune tunes transferred weights: it needs kind='weights'")
     store, meta = _read_source(from_checkpoint)
+    if meta["dataset"] == dataset:
+        raise ValueError(f"the checkpoint was trained on {dataset} already: train it further with "
+                         f"--mode=train --from_checkpoint={from_checkpoint}, or transfer to another dataset")
+    config = finetune_recipe(config) if fine_tune else config
+    source = {"from": str(store.directory), "kind": kind, "fine_tune": fine_tune,
+              "source_dataset": meta["dataset"]}
+    return _train_from(store, meta, dataset, data_dir, config, output_dir, resume,
+                       {"flags": flags or {}, "transfer": source},
+                       keep="transferable" if kind == "weights" else "none")
+
+
+def train_further(from_checkpoint: str | Path, data_dir: str | None, config: Any, output_dir: str | Path,
+                  resume: bool = False, flags: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train a checkpoint's network further on its own dataset, into ``output_dir``: a search candidate
+    of ``--evaluator=train`` (its folder) or any training run. The network keeps the checkpoint's
+    sizes and starts from all its result weights; ``config`` gives the recipe (epochs, lr, the
+    validation split...) of the new run, which starts its schedule afresh."""
+    store, meta = _read_source(from_checkpoint)
+    return _train_from(store, meta, meta["dataset"], data_dir, config, output_dir, resume,
+                       {"flags": flags or {}, "continued_from": str(store.directory)}, keep="all")
+
+
+def _train_from(store: CheckpointStore, meta: dict[str, Any], dataset: str, data_dir: str | None, config: Any,
+                output_dir: str | Path, resume: bool, run_meta: dict[str, Any], keep: str) -> dict[str, Any]:
+    """Train the cell of ``store`` on ``dataset``. ``keep``: which of its result weights the network
+    starts from: "all", "transferable" (all but the class- or vocabulary-dependent ones), both at the
+    checkpoint's sizes, or "none" (the architecture alone, at ``config``'s sizes)."""
     space_name = meta["space"]
     family = task_family(space_name, dataset, config)
-    if meta["dataset"] == dataset:
-        raise ValueError(f"the checkpoint was trained on {dataset} already: resume its run to continue it, "
-                         "or transfer to another dataset")
     space = get_space(space_name)
     arch = tuple(meta["arch"])
-    config = finetune_recipe(config) if fine_tune else config
-    if kind == "weights":
+    if keep != "none":
         config = dataclasses.replace(config, **{name: meta["config"][name] for name in family.sizes})
     data = family.load_data(dataset, data_dir, config)
     task = family.for_space(space, arch, dataset, data, config)
-    if kind == "weights":
+    if keep == "all":
+        task.start_weights = result_weights(store)[0]
+    elif keep == "transferable":
         task.start_weights = transferred_weights(store, family.init_weights(task.model, arch, config.seed))
-    run_meta = {"space": space_name, "arch_string": space.to_string(arch), "flags": flags or {},
-                "transfer": {"from": str(store.directory), "kind": kind, "fine_tune": fine_tune,
-                             "source_dataset": meta["dataset"]}}
-    return _train(space, arch, task, Path(output_dir), run_meta, resume)
+    return _train(space, arch, task, Path(output_dir), {"space": space_name,
+                                                        "arch_string": space.to_string(arch), **run_meta},
+                  resume)
 
 
 def _read_source(from_checkpoint: str | Path) -> tuple[CheckpointStore, dict[str, Any]]:

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from nao.child_training import TRANSFER_KINDS, checkpoint_space, child_preset, space_task, task_family
+from nao.child_training import TRANSFER_KINDS, checkpoint_source, child_preset, space_task, task_family
 from nao.controller import PRESETS, ControllerConfig
 from nao.evaluators import EVALUATORS
 from nao.evaluators.tabular import TABLES
@@ -55,7 +55,7 @@ MODES = ("search", "evaluate", "train", "transfer", "fit_controller")
 
 @dataclasses.dataclass(frozen=True)
 class TrainJob:
-    """Train one cell from scratch (``arch``), or transfer the cell of ``from_checkpoint``.
+    """Train one cell from scratch (``arch``), or the cell of ``from_checkpoint`` further or elsewhere.
 
     ``recipe`` is the task family's training config (``CnnTrainConfig`` or ``LmTrainConfig``), from
     the preset named ``preset``."""
@@ -66,7 +66,7 @@ class TrainJob:
     recipe: CnnTrainConfig | LmTrainConfig
     data_dir: str | None = None
     arch: str | None = None  # train: a string or published name of ``space``
-    from_checkpoint: str | None = None  # transfer: a training run directory
+    from_checkpoint: str | None = None  # transfer, or train further: a training run directory
     transfer: str = "weights"  # weights | arch
     finetune: bool = False  # transfer weights at a tenth of the recipe's lr and epochs
 
@@ -193,7 +193,7 @@ _FIELD_FLAGS = {"search.queries": "queries", "search.schedule": "schedule", "sup
 MODE_VALUES = {
     "search": _COMMON | _SEARCH | _CONTROLLER | _NAO,
     "evaluate": _COMMON | {"space", "arch", "benchmark_file", "valid_key", "test_key"},
-    "train": _COMMON | {"space", "arch", "dataset", "data_dir", "child_preset"} | _CHILD,
+    "train": _COMMON | {"space", "arch", "from_checkpoint", "dataset", "data_dir", "child_preset"} | _CHILD,
     "transfer": _COMMON | {"from_checkpoint", "dataset", "data_dir", "child_preset", "transfer", "finetune"}
     | _CHILD,
     "fit_controller": _COMMON | {"space", "preset", "holdout", "first_seed", "targets", "benchmark_file",
@@ -274,15 +274,27 @@ def _search_job(mode: str, values: Mapping[str, Any]) -> ExperimentConfig:
 
 
 def _train_job(mode: str, values: Mapping[str, Any]) -> TrainJob:
-    if mode == "train":
+    source = values.get("from_checkpoint")
+    if mode == "train" and source:
+        if values.get("arch"):
+            raise ConfigError("--arch and --from_checkpoint: give one (the checkpoint names its cell; "
+                              "--from_checkpoint trains it further)")
+        space, dataset = checkpoint_source(source)
+        for flag, value in (("space", space), ("dataset", dataset)):
+            if values.get(flag, value) != value:
+                raise ConfigError(f"--{flag}={values[flag]}: {source} holds a cell of {flag} {value}; drop "
+                                  f"--{flag} to train it further" + (", or move it with --mode=transfer"
+                                                                     if flag == "dataset" else ""))
+    elif mode == "train":
         if not values.get("arch"):
-            raise ConfigError("--mode=train needs --arch=STRING_OR_NAME (e.g. --space=ptb --arch=naonet)")
-        space = values.get("space", "nb201")
+            raise ConfigError("--mode=train needs --arch=STRING_OR_NAME (e.g. --space=ptb --arch=naonet), or "
+                              "--from_checkpoint=RUN_DIR to train a trained cell further")
+        space, dataset = values.get("space", "nb201"), values.get("dataset")
     else:
-        if not values.get("from_checkpoint") or not values.get("dataset"):
+        if not source or not values.get("dataset"):
             raise ConfigError("--mode=transfer needs --from_checkpoint=RUN_DIR and --dataset (e.g. "
                               "wikitext2)")
-        space = checkpoint_space(values["from_checkpoint"])
+        space, dataset = checkpoint_source(source)[0], values["dataset"]
     try:
         family = space_task(space)
         preset = values.get("child_preset", "paper")
@@ -299,7 +311,7 @@ def _train_job(mode: str, values: Mapping[str, Any]) -> TrainJob:
                               "task)")
     if values.get("finetune") and (mode != "transfer" or values.get("transfer", "weights") != "weights"):
         raise ConfigError("--finetune applies to --mode=transfer --transfer=weights")
-    return TrainJob(space=space, dataset=values.get("dataset") or family.datasets[0], preset=preset,
+    return TrainJob(space=space, dataset=dataset or family.datasets[0], preset=preset,
                     recipe=dataclasses.replace(recipe, **child), data_dir=values.get("data_dir"),
                     arch=values.get("arch"), from_checkpoint=values.get("from_checkpoint"),
                     transfer=values.get("transfer", "weights"), finetune=values.get("finetune", False))

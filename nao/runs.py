@@ -84,13 +84,16 @@ def run_evaluate(config: RunConfig) -> list[str]:
 
 
 def run_train(config: RunConfig) -> list[str]:
-    from nao.child_training import train_child, transfer_child
+    from nao.child_training import train_child, train_further, transfer_child
     from nao.models.training import result_line
 
     job, out = config.job, Path(config.output_dir)
     _write_config(config)
     recorded = {"command": command_line(), "config": config.to_json()}
-    if config.mode == "train":
+    if config.mode == "train" and job.from_checkpoint:
+        metrics = train_further(job.from_checkpoint, job.data_dir, job.recipe, out, resume=config.resume,
+                                flags=recorded)
+    elif config.mode == "train":
         metrics = train_child(job.space, job.arch, job.dataset, job.data_dir, job.recipe, out,
                               resume=config.resume, flags=recorded)
     else:

@@ -1,9 +1,10 @@
 """Full NAO: every candidate trained from scratch on local worker processes (``--evaluator=train``).
 
-A PTB search on a data folder without test files, its rows (score, cost, checkpoint) and a transfer
-from a candidate's checkpoint; 2 workers give the rows 1 gives; a diverged candidate is a failed row
-and the search ends normally; a killed driver resumes without training a candidate twice; a worker
-killed twice fails its job and the others go on; bad values of the new settings stop in one line.
+A PTB search on a data folder without test files, its rows (score, cost, checkpoint), a transfer
+from a candidate's checkpoint and a candidate trained further; 2 workers give the rows 1 gives; a
+diverged candidate is a failed row and the search ends normally; a killed driver resumes without
+training a candidate twice; a worker killed twice fails its job and the others go on; bad values of
+the new settings stop in one line.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from nao.executors import LocalExecutor
 from nao.experiment import ExperimentConfig, run_experiment
 from nao.history import History
 from nao.models.checkpoint import CheckpointStore
-from nao.models.tasks import transferred_weights
+from nao.models.cnn_train import CnnTask
+from nao.models.tasks import result_weights, transferred_weights
+from nao.runs import RUNNERS
 from nao.search import SearchSettings
 from nao.validation import ConfigError
 
@@ -131,6 +134,41 @@ def test_a_candidate_checkpoint_is_what_transfer_takes(finished, wt2_dir, tmp_pa
     assert not np.any(started["embedding"]) and started["embedding"].shape[0] == vocab
 
 
+def test_a_candidate_trains_further_from_its_folder(finished, ptb_dir, tmp_path):
+    out, _, _ = finished
+    row = rows_of(out)[0]
+    source = Path(row["checkpoint"])
+    further = tmp_path / "further"
+    # One step at a negligible learning rate: the result is the candidate's network, scored again.
+    config = assemble({"mode": "train", "from_checkpoint": str(source), "data_dir": str(ptb_dir),
+                       "child_preset": "smoke", "child_max_steps": 1, "child_lr": 1e-9,
+                       "output_dir": str(further)})
+    assert (config.job.space, config.job.dataset) == ("ptb", "ptb")
+    RUNNERS["train"](config)
+    store = CheckpointStore(further / "checkpoints", create=False)
+    meta = store.read_meta()
+    assert meta["arch_string"] == row["arch"] and meta["continued_from"] == str(source / "checkpoints")
+    started, _ = result_weights(store)
+    trained, _ = result_weights(CheckpointStore(source / "checkpoints", create=False))
+    for name, value in trained.items():
+        np.testing.assert_allclose(started[name], value, atol=1e-6, err_msg=name)
+    metrics = json.loads((further / "metrics.json").read_text())
+    assert metrics["valid_ppl"] == pytest.approx(row["valid_ppl"], rel=1e-4)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"arch": "naonet"}, "--arch and --from_checkpoint: give one"),
+    ({"dataset": "wikitext2"}, "holds a cell of dataset ptb; drop --dataset to train it further, or move it "
+                               "with --mode=transfer"),
+    ({"space": "ptb_ws"}, "holds a cell of space ptb; drop --space"),
+])
+def test_training_a_checkpoint_further_refuses_other_cells_in_one_line(finished, values, message, tmp_path):
+    out, _, _ = finished
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        assemble({"mode": "train", "from_checkpoint": rows_of(out)[0]["checkpoint"],
+                  "output_dir": str(tmp_path / "o"), **values})
+
+
 def test_two_workers_give_the_rows_of_one(finished, no_test_dir, tmp_path):
     out, _, _ = finished
     two = run_experiment(search_config(no_test_dir, workers=2), tmp_path / "two", plots=False)
@@ -203,11 +241,18 @@ def test_a_worker_killed_twice_fails_its_job_and_the_others_finish(tmp_path):
 def test_cifar_search_data_hold_out_a_validation_split_and_read_no_test_file(tmp_path):
     root = write_cifar(tmp_path, "cifar10", 200, 10, 0)
     (root / "cifar-10-batches-py" / "test_batch").unlink()
-    data, recipe = load_search_data("cnn", "cifar10", str(root), SEARCH_RECIPES["cnn"]["smoke"], 0)
+    data, recipe = load_search_data("cnn", "cifar10", str(root), SEARCH_RECIPES["cnn"]["smoke"])
     assert len(data.valid[0]) == recipe.valid_images == 20 and len(data.train[0]) == 180
     assert len(data.test[0]) == 0
     seen = {bytes(image) for image in data.train[0]}
     assert not any(bytes(image) in seen for image in data.valid[0])
+    # The hold-out --mode=train uses with the same number of images: a candidate trained further is
+    # scored on the images its search scored it on.
+    (root / "cifar-10-batches-py" / "test_batch").write_bytes((root / "cifar-10-batches-py" / "data_batch_1")
+                                                             .read_bytes())
+    again = CnnTask.load_data("cifar10", str(root), dataclasses.replace(recipe, valid_images=20))
+    np.testing.assert_array_equal(again.valid[0], data.valid[0])
+    np.testing.assert_array_equal(again.train[0], data.train[0])
 
 
 @pytest.mark.parametrize("values, message", [

@@ -100,8 +100,10 @@ _PAPER_NAO = dataclasses.replace(NAO_PRESETS["paper"], init_size=400, per_iterat
 _SEARCHES = {
     "paper": SearchPreset(SearchSettings(queries=1000), PRESETS["paper"], _PAPER_NAO),
     # A worker starts a new candidate as soon as it is free (the paper's rounds wait for the slowest).
-    "cpu": SearchPreset(SearchSettings(queries=8, top=3, schedule="async"), PRESETS["smoke"],
-                        dataclasses.replace(NAO_PRESETS["smoke"], init_size=4, per_iteration=2)),
+    # NAO's default (pre-trained controller ensemble) from 4 random cells: 8 of the 12 are its picks.
+    "cpu": SearchPreset(SearchSettings(queries=12, top=3, schedule="async"), PRESETS["default"],
+                        dataclasses.replace(NAO_PRESETS["default"], init_size=4, per_iteration=2, top_k=4,
+                                            local_slots=1)),
     "smoke": SearchPreset(SearchSettings(queries=4, top=3), PRESETS["smoke"],
                           dataclasses.replace(NAO_PRESETS["smoke"], init_size=2, per_iteration=2, top_k=2)),
 }
@@ -139,9 +141,8 @@ class CandidateTraining(WorkerTask):
 
     ``setup`` loads the search's data once per worker, never the test split."""
 
-    def __init__(self, space: str, dataset: str, data_dir: str | None, recipe: Any, split_seed: int):
-        self.space_name, self.dataset, self.data_dir = space, dataset, data_dir
-        self.recipe, self.split_seed = recipe, split_seed
+    def __init__(self, space: str, dataset: str, data_dir: str | None, recipe: Any):
+        self.space_name, self.dataset, self.data_dir, self.recipe = space, dataset, data_dir, recipe
         self.family_name = SPACE_FAMILIES[space]
         self._data: Any = None
 
@@ -153,8 +154,7 @@ class CandidateTraining(WorkerTask):
         # The training loop's progress lines (a candidate's folder, then a line a minute and per epoch).
         logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker {os.getpid()}: %(message)s",
                             force=True)
-        self._data, self.recipe = load_search_data(self.family_name, self.dataset, self.data_dir, self.recipe,
-                                                   self.split_seed)
+        self._data, self.recipe = load_search_data(self.family_name, self.dataset, self.data_dir, self.recipe)
 
     def __call__(self, payload: tuple[str, str]) -> dict[str, Any]:
         from nao.models.training import TrainingDivergedError, train
@@ -188,10 +188,11 @@ class SearchLmTask(LmTask):
 SEARCH_TASKS = {"cnn": CnnTask, "lm": SearchLmTask}
 
 
-def load_search_data(family: str, dataset: str, data_dir: str | None, recipe: Any, split_seed: int
-                     ) -> tuple[Any, Any]:
+def load_search_data(family: str, dataset: str, data_dir: str | None, recipe: Any) -> tuple[Any, Any]:
     """(data, recipe) of a search: the training data with a validation split held apart, no test split
-    (its arrays are empty); CIFAR's recipe learns how many images are held out."""
+    (its arrays are empty). CIFAR holds out its last 5,000 training images (NAO's TF ``read_data``),
+    which is what ``--mode=train --child_valid_images=5000`` holds out too, so a candidate trained
+    further is scored on the images its search scored it on; its recipe learns how many."""
     if family == "lm":
         from nao.data.text import load_corpus
 
@@ -199,12 +200,11 @@ def load_search_data(family: str, dataset: str, data_dir: str | None, recipe: An
             raise ValueError(f"evaluator 'train' on {dataset} needs data_dir: a folder with the train and "
                              "valid token files")
         return load_corpus(dataset, data_dir, splits=("train", "valid")), recipe
-    from nao.data.cifar import load_cifar
-    from nao.evaluators.supernet import holdout_split
+    from nao.data.cifar import load_cifar, search_split
     from nao.models.cnn_train import CnnData
 
     images, labels = load_cifar(dataset, data_dir, "train")
-    train, valid = holdout_split(images, labels, min(CIFAR_VALID_IMAGES, len(images) // 10), split_seed)
+    train, valid = search_split(images, labels, min(CIFAR_VALID_IMAGES, len(images) // 10))
     empty = (images[:0], labels[:0])
     return CnnData(train, valid, empty), dataclasses.replace(recipe, valid_images=len(valid[0]))
 
@@ -281,13 +281,13 @@ def build_trained(config: ExperimentConfig) -> EvaluatorSetup:
         raise ValueError(f"dataset={dataset} does not fit space={config.space}: choose one of "
                          f"{', '.join(SPACE_DATASETS[config.space])}")
     recipe = config.candidate
-    data, recipe = load_search_data(family, dataset, config.data_dir, recipe, config.split_seed)
+    data, recipe = load_search_data(family, dataset, config.data_dir, recipe)
     executor_type = EXECUTORS[config.executor]
     workers = config.workers
     executor_type.check_workers(workers)
     executor_type.preflight(config.ray_address)
     where = {"address": config.ray_address} if config.ray_address else {}
-    task = CandidateTraining(config.space, dataset, config.data_dir, config.candidate, config.split_seed)
+    task = CandidateTraining(config.space, dataset, config.data_dir, config.candidate)
     facts = {"dataset": dataset, "recipe": dataclasses.asdict(recipe), **_data_sizes(family, data)}
     space = get_space(config.space)
     return EvaluatorSetup(space, facts, lambda seed: TrainedEvaluator(
