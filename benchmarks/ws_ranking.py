@@ -5,16 +5,19 @@ The standalone scores are the validation perplexities of cells that ``--evaluato
 trained from scratch (``--runs``: their output folders; every cell trained counts, a cell trained by
 several runs counts once, with its mean). A supernet of the same size and recipe as the standalone
 candidates (``--preset``'s recipe of ``nao.evaluators.trained.SEARCH_RECIPES``) is trained as NAO-WS
-trains on its pool: each step with one of exactly these cells drawn uniformly. After every epoch each
-cell is scored with the shared weights on the whole validation stream (the data the standalone
-scores come from), and the table gives Kendall's tau, Spearman's rho, how many of the standalone top
-five are in the supernet's top five, and the standalone perplexity of the supernet's favourite
-against the best cell's. Weight-sharing rankings are known to be weak (Yu et al., "Evaluating the
-search phase of neural architecture search", ICLR 2020); this measures it here.
+trains on its first pool: each step with one of ``--pool`` random cells (1000, NAO-WS's pool) drawn
+uniformly. With the weights of every epoch each cell is scored on the whole validation stream (the
+data the standalone scores come from), and the table gives Kendall's tau, Spearman's rho, how many
+of the standalone top five are in the supernet's top five, and the standalone perplexity of the
+supernet's favourite against the best cell's. Weight-sharing rankings are known to be weak (Yu et
+al., "Evaluating the search phase of neural architecture search", ICLR 2020); this measures it here.
 
     python run_nao.py --space=ptb --evaluator=train --preset=cpu --data_dir=DATA/ptb \\
         --strategies=nao,random --seeds=3 --workers=2 --output_dir=runs/fn
-    python benchmarks/ws_ranking.py --runs=runs/fn --data_dir=DATA/ptb --epochs=4
+    python benchmarks/ws_ranking.py --runs=runs/fn --data_dir=DATA/ptb --epochs=4 --supernet_dir=runs/ws
+
+``--supernet_dir`` keeps each epoch's weights, so that cells trained later are scored without training
+the supernet again.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
+import pickle
 import time
 from pathlib import Path
 
@@ -56,9 +61,14 @@ def main() -> None:
     parser.add_argument("--dataset", default="ptb")
     parser.add_argument("--preset", default="cpu", help="the standalone candidates' recipe")
     parser.add_argument("--epochs", type=int, default=4, help="supernet epochs (a table row after each)")
+    parser.add_argument("--pool", type=int, default=1000, help="random cells the supernet trains on")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--supernet_dir", default="", help="keep each epoch's weights here, and reuse them")
     parser.add_argument("--json", default="", help="also write the rows to this file")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # the supernet's progress
+
+    import jax
 
     from nao.data.text import load_corpus
     from nao.evaluators.trained import SEARCH_RECIPES
@@ -66,34 +76,50 @@ def main() -> None:
     from nao.ranking import kendall_tau
     from nao.spaces import get_space
 
+    space = get_space("ptb")
+    recipe = dataclasses.replace(SEARCH_RECIPES["lm"][args.preset], epochs=args.epochs, max_steps=0)
+    corpus = load_corpus(args.dataset, args.data_dir, splits=("train", "valid"))
+    supernet = LmSupernet(recipe, corpus, args.seed, score_windows=0)
+    rng = np.random.default_rng(args.seed)
+    pool = [space.sample(rng) for _ in range(args.pool)]
+    # Train first, then read the standalone scores: a supernet can train while the searches still run.
+    states, seconds = [], []
+    for epoch in range(args.epochs):
+        cached = Path(args.supernet_dir, f"epoch_{epoch + 1}.pkl") if args.supernet_dir else None
+        begin = time.perf_counter()
+        if cached and cached.exists():
+            supernet.state, train_ppl = pickle.loads(cached.read_bytes())
+        else:
+            train_ppl = supernet.train_epoch(pool, epoch)["train_ppl"]
+            if cached:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                cached.write_bytes(pickle.dumps((jax.tree.map(np.asarray, supernet.state), train_ppl)))
+        states.append((supernet.state, train_ppl))
+        seconds.append(time.perf_counter() - begin)
+
     scores = standalone_scores(args.runs)
     if len(scores) < 3:
         raise SystemExit(f"{len(scores)} trained cells in {args.runs}: Kendall tau needs at least 3")
     strings = sorted(scores)
     standalone = np.array([np.mean(scores[s]) for s in strings])
-    space = get_space("ptb")
     archs = [space.from_string(s) for s in strings]
-    recipe = dataclasses.replace(SEARCH_RECIPES["lm"][args.preset], epochs=args.epochs, max_steps=0)
-    corpus = load_corpus(args.dataset, args.data_dir, splits=("train", "valid"))
-    supernet = LmSupernet(recipe, corpus, args.seed, score_windows=0)
     top = min(5, len(archs) // 2)
     best_true = set(np.argsort(standalone)[:top].tolist())
-    print(f"{len(archs)} cells, standalone valid ppl {standalone.min():.1f} .. {standalone.max():.1f} "
-          f"({sum(len(v) for v in scores.values())} trainings); supernet: {recipe.hidden_size} units, "
-          f"batch {recipe.batch_size}, lr {recipe.lr}")
     n = len(archs)
     null_sd = np.sqrt(2 * (2 * n + 5) / (9 * n * (n - 1)))  # tau's spread when the rankings are unrelated
+    print(f"{n} cells, standalone valid ppl {standalone.min():.1f} .. {standalone.max():.1f} "
+          f"({sum(len(v) for v in scores.values())} trainings); supernet: {recipe.hidden_size} units, "
+          f"batch {recipe.batch_size}, lr {recipe.lr}, trained on {args.pool} random cells (NAO-WS's pool)")
     print(f"Kendall tau of two unrelated rankings of {n} cells: 0 +- {null_sd:.3f}")
-    print(f"| supernet epoch | seconds | train ppl | Kendall tau | Spearman | top-{top} overlap | "
+    print(f"| supernet epoch | train seconds | train ppl | Kendall tau | Spearman | top-{top} overlap | "
           "standalone ppl of its pick (best) |")
     print("|---|---|---|---|---|---|---|")
     rows = []
-    for epoch in range(args.epochs):
-        begin = time.perf_counter()
-        stats = supernet.train_epoch(archs, epoch)
+    for epoch, ((state, train_ppl), spent) in enumerate(zip(states, seconds)):
+        supernet.state = state
         shared = np.asarray(supernet.score(archs))
         pick = int(np.argmin(shared))
-        row = {"epoch": epoch + 1, "seconds": time.perf_counter() - begin, "train_ppl": stats["train_ppl"],
+        row = {"epoch": epoch + 1, "seconds": spent, "train_ppl": train_ppl,
                "kendall_tau": kendall_tau(shared, standalone), "spearman": spearman(shared, standalone),
                "top_overlap": len(best_true & set(np.argsort(shared)[:top].tolist())),
                "pick_ppl": float(standalone[pick]), "best_ppl": float(standalone.min()),

@@ -311,6 +311,10 @@ def _train_job(mode: str, values: Mapping[str, Any]) -> TrainJob:
                               "task)")
     if values.get("finetune") and (mode != "transfer" or values.get("transfer", "weights") != "weights"):
         raise ConfigError("--finetune applies to --mode=transfer --transfer=weights")
+    kept = [f"child_{name}" for name in family.sizes if f"child_{name}" in values]
+    if kept and source and values.get("transfer") != "arch":
+        raise ConfigError(f"--{kept[0]}: the network keeps the sizes of {source}'s weights; drop it (or "
+                          "--mode=transfer --transfer=arch: the architecture alone, at new sizes)")
     return TrainJob(space=space, dataset=dataset or family.datasets[0], preset=preset,
                     recipe=dataclasses.replace(recipe, **child), data_dir=values.get("data_dir"),
                     arch=values.get("arch"), from_checkpoint=values.get("from_checkpoint"),

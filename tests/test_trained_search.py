@@ -161,6 +161,7 @@ def test_a_candidate_trains_further_from_its_folder(finished, ptb_dir, tmp_path)
     ({"dataset": "wikitext2"}, "holds a cell of dataset ptb; drop --dataset to train it further, or move it "
                                "with --mode=transfer"),
     ({"space": "ptb_ws"}, "holds a cell of space ptb; drop --space"),
+    ({"child_hidden_size": 32}, "--child_hidden_size: the network keeps the sizes of"),
 ])
 def test_training_a_checkpoint_further_refuses_other_cells_in_one_line(finished, values, message, tmp_path):
     out, _, _ = finished
