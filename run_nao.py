@@ -48,9 +48,10 @@ def _define(kind, name: str, default, help_text: str) -> None:
 
 
 _define("string", "mode", "search", f"One of {', '.join(MODES)}. search: run the strategies; evaluate: "
-        "score --arch on the table; train: train --arch from scratch on --dataset; transfer: train the cell "
-        "of --from_checkpoint on another --dataset; fit_controller: fit the controller on a whole table "
-        "(--space=nb201 or nb101) but a --holdout share and save it as a checkpoint.")
+        "score --arch on the table; train: train --arch from scratch on --dataset, or train the network of "
+        "--from_checkpoint further; transfer: train the cell of --from_checkpoint on another --dataset; "
+        "fit_controller: fit the controller on a whole table (--space=nb201 or nb101) but a --holdout share "
+        "and save it as a checkpoint.")
 _define("string", "space", "nb201", f"Search space, one of: {', '.join(SPACES)}.")
 _define("string", "evaluator", "table", f"search: one of {', '.join(EVALUATORS)}. 'table' looks "
         "architectures up in a benchmark table (nb201, nb101); 'supernet' scores them with a weight-sharing "
@@ -97,7 +98,8 @@ _define("string", "child_preset", "paper", "train/transfer recipe; "
         + "; ".join(f"{kind} cells: {', '.join(task.presets)}" for kind, task in TASKS.items())
         + ". 'paper' is the paper's final training (needs a GPU; paper_wt2 and paper_cifar100 its transfer "
         "recipes); 'cpu' trains a small model on a laptop; 'smoke' is tiny, for tests.")
-_define("string", "from_checkpoint", None, "transfer: a training run directory (or its checkpoints/).")
+_define("string", "from_checkpoint", None, "train (further) and transfer: a training run directory (or its "
+        "checkpoints/), e.g. a search candidate's folder.")
 _define("string", "transfer", "weights", f"transfer: one of {', '.join(TRANSFER_KINDS)}. 'weights' starts "
         "from all the trained weights but the class-dependent ones (new embedding and softmax; new "
         "classifier and auxiliary classifier) and trains every layer; 'arch' trains the architecture from "

@@ -6,8 +6,10 @@ hour, utilisation (the workers' training seconds over workers x wall seconds: wo
 loading and the strategy's proposing count as idle), the best validation score, and the mean score
 of the candidates after the first ``--after`` (by query number: the cpu preset's NAO starts from 4
 random cells, drawn as random search's first 4 with the same seed, so this compares what each
-strategy proposed itself). Per strategy: the mean over seeds of both, with standard deviations, and
-against the first strategy listed, the paired difference of the best, seed by seed.
+strategy proposed itself). Utilisation needs ``--workers`` given (0 picks a count the run does not
+record); a resumed search's wall time counts from its resume. Per strategy: the mean over seeds of
+both, with standard deviations, and against the first strategy listed, the paired difference of the
+best, seed by seed.
 
     # 1 vs 2 workers: random search, same seed (with 2 workers it also draws past the busy cells, so
     # the two share most cells, not all; every PTB cell costs about the same)
@@ -29,9 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
+from nao.history import read_rows
+
 
 def searches(run: Path, after: int) -> list[dict]:
     """One record per (strategy, seed) history of the run folder ``run``."""
+    if not (run / "config.json").is_file():
+        raise SystemExit(f"{run}: no config.json; pass the output_dir of a search")
     config = json.loads((run / "config.json").read_text())
     if config["evaluator"] != "train":
         raise SystemExit(f"{run}: evaluator {config['evaluator']!r}; this reads --evaluator=train searches")
@@ -39,7 +45,7 @@ def searches(run: Path, after: int) -> list[dict]:
     for path in sorted(run.glob("histories/*/seed_*.jsonl")):
         if path.name.endswith(".proposed.jsonl"):
             continue
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+        rows = read_rows(path)
         if not rows:
             continue
         wall = max(row["elapsed"] for row in rows)
@@ -49,7 +55,8 @@ def searches(run: Path, after: int) -> list[dict]:
                     "workers": config["workers"], "schedule": config["search"]["schedule"],
                     "candidates": len(rows), "failed": len(rows) - len(good), "wall": wall,
                     "per_hour": len(rows) / wall * 3600,
-                    "utilisation": sum(row["cost"] for row in rows) / (config["workers"] * wall),
+                    "utilisation": (sum(row["cost"] for row in rows) / (config["workers"] * wall)
+                                    if config["workers"] else float("nan")),
                     "best": max(row["valid"] for row in good) if good else float("-inf"),
                     "later": float(np.mean(later)) if later else float("nan"),
                     "score": next((k for k in ("valid_ppl", "valid_acc") if k in rows[0]), "valid")})

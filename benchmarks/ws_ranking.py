@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nao.history import read_rows
+
 
 def standalone_scores(runs: list[str]) -> dict[str, list[float]]:
     """Architecture string -> the validation perplexities its standalone trainings reached."""
@@ -43,15 +45,19 @@ def standalone_scores(runs: list[str]) -> dict[str, list[float]]:
             raise SystemExit(f"{run}: no histories/*/seed_*.jsonl; pass the output_dir of a search with "
                              "--evaluator=train on ptb")
         for path in files:
-            for row in map(json.loads, filter(None, path.read_text().splitlines())):
+            for row in read_rows(path):
                 if not row.get("failed") and "valid_ppl" in row:
                     scores.setdefault(row["arch"], []).append(float(row["valid_ppl"]))
     return scores
 
 
+def ranks(values: np.ndarray) -> np.ndarray:
+    return np.argsort(np.argsort(values, kind="stable"), kind="stable")
+
+
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    rank = lambda v: np.argsort(np.argsort(v, kind="stable"), kind="stable")  # noqa: E731
-    return float(np.corrcoef(rank(x), rank(y))[0, 1])
+    """Spearman's rho: the correlation of the ranks (ties broken by position)."""
+    return float(np.corrcoef(ranks(x), ranks(y))[0, 1])
 
 
 def main() -> None:
@@ -85,7 +91,8 @@ def main() -> None:
     # Train first, then read the standalone scores: a supernet can train while the searches still run.
     states, seconds = [], []
     for epoch in range(args.epochs):
-        cached = Path(args.supernet_dir, f"epoch_{epoch + 1}.pkl") if args.supernet_dir else None
+        name = f"{args.preset}_seed{args.seed}_pool{args.pool}_epoch{epoch + 1}.pkl"  # what fixes the weights
+        cached = Path(args.supernet_dir, name) if args.supernet_dir else None
         begin = time.perf_counter()
         if cached and cached.exists():
             supernet.state, train_ppl = pickle.loads(cached.read_bytes())

@@ -1,4 +1,4 @@
-"""Train a given architecture from scratch, or transfer a trained one to another dataset.
+"""Train a given architecture from scratch, a trained one further, or a trained one on another dataset.
 
 ``--mode=train`` and ``--mode=transfer`` of ``run_nao.py`` land here. Each space's cells train as one
 task family of ``nao.models.tasks.TASKS`` (``SPACE_TASKS``): recurrent cells (spaces ptb, ptb_ws) as
@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from nao.models.checkpoint import CheckpointError, CheckpointStore
 from nao.models.files import is_primary
@@ -55,10 +55,9 @@ def child_preset(space_name: str, name: str) -> Any:
     return family.presets[name]
 
 
-def checkpoint_source(from_checkpoint: str | Path) -> tuple[str, str]:
-    """(space, dataset) of the cell a training run's checkpoint holds."""
-    meta = _read_source(from_checkpoint)[1]
-    return meta["space"], meta["dataset"]
+def checkpoint_meta(from_checkpoint: str | Path) -> dict[str, Any]:
+    """What a training run's checkpoint says of itself: its space, dataset, recipe (``config``)..."""
+    return _read_source(from_checkpoint)[1]
 
 
 def finetune_recipe(config: Any) -> Any:
@@ -134,7 +133,8 @@ def train_further(from_checkpoint: str | Path, data_dir: str | None, config: Any
 
 
 def _train_from(store: CheckpointStore, meta: dict[str, Any], dataset: str, data_dir: str | None, config: Any,
-                output_dir: str | Path, resume: bool, run_meta: dict[str, Any], keep: str) -> dict[str, Any]:
+                output_dir: str | Path, resume: bool, run_meta: dict[str, Any],
+                keep: Literal["all", "transferable", "none"]) -> dict[str, Any]:
     """Train the cell of ``store`` on ``dataset``. ``keep``: which of its result weights the network
     starts from: "all", "transferable" (all but the class- or vocabulary-dependent ones), both at the
     checkpoint's sizes, or "none" (the architecture alone, at ``config``'s sizes)."""
@@ -147,6 +147,12 @@ def _train_from(store: CheckpointStore, meta: dict[str, Any], dataset: str, data
     data = family.load_data(dataset, data_dir, config)
     task = family.for_space(space, arch, dataset, data, config)
     if keep == "all":
+        differ = [(name, meta[name], value) for name, value in task.meta().items()
+                  if meta.get(name, value) != value]
+        if differ:
+            name, there, here = differ[0]
+            raise ValueError(f"{store.directory} was trained with {name}={there}, these data give {here}: "
+                             f"give the data_dir it was trained on")
         task.start_weights = result_weights(store)[0]
     elif keep == "transferable":
         task.start_weights = transferred_weights(store, family.init_weights(task.model, arch, config.seed))
@@ -159,8 +165,8 @@ def _read_source(from_checkpoint: str | Path) -> tuple[CheckpointStore, dict[str
     store = CheckpointStore(checkpoint_dir(from_checkpoint), create=False)
     meta = store.read_meta()
     if meta.get("kind") not in TASKS:
-        raise CheckpointError(f"{store.directory} holds a {meta.get('kind')!r} checkpoint; transfer needs "
-                              "the checkpoint of a training run")
+        raise CheckpointError(f"{store.directory} holds a {meta.get('kind')!r} checkpoint; --from_checkpoint "
+                              "needs the checkpoint of a training run")
     return store, meta
 
 

@@ -22,7 +22,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from nao.child_training import TRANSFER_KINDS, checkpoint_source, child_preset, space_task, task_family
+from nao.child_training import (
+    TRANSFER_KINDS,
+    checkpoint_dir,
+    checkpoint_meta,
+    child_preset,
+    space_task,
+    task_family,
+)
 from nao.controller import PRESETS, ControllerConfig
 from nao.evaluators import EVALUATORS
 from nao.evaluators.tabular import TABLES
@@ -275,11 +282,16 @@ def _search_job(mode: str, values: Mapping[str, Any]) -> ExperimentConfig:
 
 def _train_job(mode: str, values: Mapping[str, Any]) -> TrainJob:
     source = values.get("from_checkpoint")
+    meta = checkpoint_meta(source) if source else {}
+    out = values.get("output_dir")
+    if source and out and Path(out).resolve() == checkpoint_dir(source).resolve().parent:
+        raise ConfigError(f"output_dir={out} is the run of --from_checkpoint: choose a new folder (the "
+                          "source run stays as it is)")
     if mode == "train" and source:
         if values.get("arch"):
             raise ConfigError("--arch and --from_checkpoint: give one (the checkpoint names its cell; "
                               "--from_checkpoint trains it further)")
-        space, dataset = checkpoint_source(source)
+        space, dataset = meta["space"], meta["dataset"]
         for flag, value in (("space", space), ("dataset", dataset)):
             if values.get(flag, value) != value:
                 raise ConfigError(f"--{flag}={values[flag]}: {source} holds a cell of {flag} {value}; drop "
@@ -294,7 +306,7 @@ def _train_job(mode: str, values: Mapping[str, Any]) -> TrainJob:
         if not source or not values.get("dataset"):
             raise ConfigError("--mode=transfer needs --from_checkpoint=RUN_DIR and --dataset (e.g. "
                               "wikitext2)")
-        space, dataset = checkpoint_source(source)[0], values["dataset"]
+        space, dataset = meta["space"], values["dataset"]
     try:
         family = space_task(space)
         preset = values.get("child_preset", "paper")
@@ -304,6 +316,9 @@ def _train_job(mode: str, values: Mapping[str, Any]) -> TrainJob:
     child = {name.removeprefix("child_"): value for name, value in values.items() if name in _CHILD}
     if "hidden_size" in child:
         child["emb_size"] = child["hidden_size"]  # tied: the softmax reuses the embedding
+    if mode == "train" and source and hasattr(recipe, "valid_images") and "valid_images" not in child:
+        # Trained further on the split it was scored on (a search candidate's hold-out), unless told.
+        child["valid_images"] = meta["config"].get("valid_images", 0)
     known = {f.name for f in dataclasses.fields(recipe)}
     for name in child:
         if name not in known:
@@ -353,6 +368,9 @@ def _check_job(config: RunConfig) -> None:
             fix = "set the candidates' with --set=candidate.lr=..." if job.evaluator == "train" else "drop it"
             raise ConfigError(f"--child_lr sets a supernet's learning rate; evaluator={job.evaluator} has "
                               f"none: {fix}")
+        if job.split_seed and job.evaluator != "supernet":
+            raise ConfigError(f"--split_seed draws a supernet's hold-out data; evaluator={job.evaluator} has "
+                              "none: drop it")
         if job.ray_address and job.executor != "ray":
             raise ConfigError(f"--ray_address applies to --executor=ray (executor={job.executor}): add "
                               "--executor=ray or drop it")

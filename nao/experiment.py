@@ -16,8 +16,8 @@ Layout of ``output_dir``::
 
 Each (strategy, seed) search resumes where it stopped (see ``nao.search``), so ``resume`` loses
 nothing and scores nothing twice. Every search seeds its strategy and its evaluator (a supernet's
-initialisation and data order) from its own seed; the data cells are scored on (the CIFAR hold-out,
-the PTB validation windows) comes from ``split_seed``, the same for all.
+initialisation and data order) from its own seed; the data a supernet scores cells on (the CIFAR
+hold-out, the PTB validation windows) comes from ``split_seed``, the same for all.
 """
 
 from __future__ import annotations

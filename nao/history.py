@@ -89,3 +89,15 @@ def proposals_of(history: History) -> History:
     for an in-memory history)."""
     path = None if history.path is None else history.path.with_suffix(".proposed.jsonl")
     return History(path, required=PROPOSAL_FIELDS)
+
+
+def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a history file that its search may still be appending to, read only (benchmarks and
+    reports): a torn last line is left out, not rewritten as ``History`` does on resume."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue  # the row being written
+    return rows

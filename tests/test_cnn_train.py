@@ -21,11 +21,13 @@ from conftest import QUICK_XLA, write_cifar
 from flax import traverse_util
 
 from nao.child_training import train_child, transfer_child
+from nao.config import assemble
 from nao.models.checkpoint import CheckpointError, CheckpointStore
 from nao.models.cnn_train import CNN_PRESETS, CnnTask, build_model, initial_variables
 from nao.models.tasks import result_weights, transferred_weights
 from nao.models.training import train
 from nao.spaces import get_space
+from nao.validation import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = get_space("cifar_ws")
@@ -80,7 +82,7 @@ def test_training_learns_and_writes_metrics_checkpoints_and_a_diagram(trained):
 def test_a_validation_split_selects_the_result_and_the_test_set_is_only_reported(cifar10, tmp_path):
     task = task_of(cifar10, dataclasses.replace(TWO_EPOCHS, valid_images=16))
     assert len(task.data.train[0]) == 64 and len(task.data.valid[0]) == 16  # the last 16 training images
-    metrics = train(task, tmp_path / "run").metrics
+    metrics = train(task, tmp_path / "run", meta={"space": "cifar_ws"}).metrics
     history = metrics["history"]
     assert metrics["steps"] == 16
     assert metrics["selection"]["split"] == "valid" and metrics["selection"]["metric"] == "valid_acc"
@@ -88,6 +90,11 @@ def test_a_validation_split_selects_the_result_and_the_test_set_is_only_reported
     assert metrics["selection"]["epoch"] == best["epoch"] and metrics["valid_acc"] == best["valid_acc"]
     assert np.isfinite(metrics["test_acc"])
     assert not [key for row in history for key in row if key.startswith("test")]
+    # Trained further, it keeps the split it was scored on (a search candidate's hold-out) unless told.
+    further = {"mode": "train", "from_checkpoint": str(tmp_path / "run"),
+               "output_dir": str(tmp_path / "more")}
+    assert assemble(further).job.recipe.valid_images == 16
+    assert assemble({**further, "child_valid_images": 0}).job.recipe.valid_images == 0
 
 
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(trained, cifar10, tmp_path):
@@ -149,6 +156,12 @@ def test_architecture_transfer_and_its_refusals(trained, cifar100, tmp_path):
         transfer_child(out, "cifar10", str(cifar100), SMOKE, tmp_path / "again")
     with pytest.raises(ValueError, match="needs kind='weights'"):
         transfer_child(out, "cifar100", str(cifar100), SMOKE, tmp_path / "again", kind="arch", fine_tune=True)
+    # Transferred weights fix the network's sizes; the architecture alone takes new ones.
+    given = {"mode": "transfer", "from_checkpoint": str(out), "dataset": "cifar100", "child_channels": 8,
+             "output_dir": str(tmp_path / "sizes")}
+    with pytest.raises(ConfigError, match="--child_channels: the network keeps the sizes of"):
+        assemble(given)
+    assert assemble({**given, "transfer": "arch"}).job.recipe.channels == 8
 
 
 _DEVICES_SCRIPT = textwrap.dedent("""

@@ -434,7 +434,7 @@ def test_a_bad_checkpoint_prints_one_line(lm_run, controller_run, wt2_dir, tmp_p
                (cut, "truncated or damaged: state/")]
     cases = [(tmp_path / "nothing", "no checkpoint directory"),
              (newer, f"has format version {FORMAT_VERSION + 1}, this nao reads {FORMAT_VERSION}"),
-             (controller_run, "holds a 'controller' checkpoint; transfer needs the checkpoint of a training"),
+             (controller_run, "holds a 'controller' checkpoint; --from_checkpoint needs the checkpoint"),
              *damaged]
     runs = [["--mode=transfer", f"--from_checkpoint={source}", "--dataset=wikitext2", f"--data_dir={wt2_dir}",
              "--child_preset=smoke", f"--output_dir={tmp_path / 'out'}"] for source, _ in cases]

@@ -144,6 +144,9 @@ def test_a_candidate_trains_further_from_its_folder(finished, ptb_dir, tmp_path)
                        "child_preset": "smoke", "child_max_steps": 1, "child_lr": 1e-9,
                        "output_dir": str(further)})
     assert (config.job.space, config.job.dataset) == ("ptb", "ptb")
+    with pytest.raises(ConfigError, match="is the run of --from_checkpoint: choose a new folder"):
+        assemble({"mode": "train", "from_checkpoint": str(source / "checkpoints"), "output_dir": str(source),
+                  "resume": True})
     RUNNERS["train"](config)
     store = CheckpointStore(further / "checkpoints", create=False)
     meta = store.read_meta()
@@ -264,6 +267,7 @@ def test_cifar_search_data_hold_out_a_validation_split_and_read_no_test_file(tmp
     ({"child_lr": 0.5}, "--child_lr sets a supernet's learning rate; evaluator=train has none: set the "
                         "candidates' with --set=candidate.lr=..."),
     ({"evaluator": "table", "space": "nb201", "workers": 2}, "apply to --evaluator=train"),
+    ({"split_seed": 3}, "--split_seed draws a supernet's hold-out data; evaluator=train has none"),
     ({"space": "nb201"}, "evaluator 'train' trains cells of"),
 ])
 def test_bad_settings_stop_in_one_line(values, message, tmp_path):

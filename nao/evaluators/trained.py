@@ -5,7 +5,7 @@ scored on a validation split held apart from its training data; the test set is 
 data of a search are the CIFAR training batches, 5,000 of them held out, or PTB's train and valid
 files). Each candidate's run is a training run directory, ``searches/<strategy>/seed_<s>/candidates/
 <id>/`` (checkpoints every epoch, ``metrics.json``), named in its history row (``checkpoint``), so the
-best candidates can be trained further (``--mode=train --resume --output_dir=<it>``) or transferred
+best candidates can be trained further (``--mode=train --from_checkpoint=<it>``) or transferred
 (``--mode=transfer --from_checkpoint=<it>``) without training them again; a candidate killed mid-way
 continues from its last epoch when the search is resumed.
 
