@@ -30,7 +30,7 @@ Schedules (``SEARCH_RECIPES``) per preset:
   930k training words); per token a 300-unit model costs a third (softmax) to an eighth (cell) of the
   850-unit one, so a candidate is ~1/400-1/1000 of the final training (4 V100-days in NAO's README):
   ~6-15 V100-minutes, 4-10 V100-days for 1000 candidates (an estimate: no GPU measured it here).
-* ``cpu``: one candidate in about two minutes on 2 CPU cores (the README's "Full NAO on many
+* ``cpu``: one candidate in one to two minutes on 2 CPU cores (the README's "Full NAO on many
   workers" has the figures); ``smoke``: seconds, for tests.
 """
 
@@ -84,7 +84,7 @@ SEARCH_RECIPES: dict[str, dict[str, CnnTrainConfig | LmTrainConfig]] = {
     },
     "lm": {
         "paper": LmTrainConfig(emb_size=300, hidden_size=300, epochs=30),
-        # 64 units, lighter dropouts, 500 steps (60% of a pass over PTB): about two minutes on 2 cores.
+        # 64 units, lighter dropouts, 500 steps (60% of a pass over PTB): about a minute on 2 quiet cores.
         "cpu": LmTrainConfig(emb_size=64, hidden_size=64, dropout=0.2, dropout_h=0.1, dropout_x=0.1,
                              dropout_i=0.1, batch_size=32, eval_batch_size=32, test_batch_size=32, epochs=1,
                              max_steps=500),
