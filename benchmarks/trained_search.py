@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nao.history import read_rows
+from nao.history import history_files, read_rows
 
 
 def searches(run: Path, after: int) -> list[dict]:
@@ -42,9 +42,7 @@ def searches(run: Path, after: int) -> list[dict]:
     if config["evaluator"] != "train":
         raise SystemExit(f"{run}: evaluator {config['evaluator']!r}; this reads --evaluator=train searches")
     out = []
-    for path in sorted(run.glob("histories/*/seed_*.jsonl")):
-        if path.name.endswith(".proposed.jsonl"):
-            continue
+    for path in history_files(run):
         rows = read_rows(path)
         if not rows:
             continue

@@ -32,15 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
-from nao.history import read_rows
+from nao.history import history_files, read_rows
 
 
 def standalone_scores(runs: list[str]) -> dict[str, list[float]]:
     """Architecture string -> the validation perplexities its standalone trainings reached."""
     scores: dict[str, list[float]] = {}
     for run in runs:
-        files = sorted(Path(run).glob("histories/*/seed_*.jsonl"))
-        files = [f for f in files if not f.name.endswith(".proposed.jsonl")]
+        files = history_files(run)
         if not files:
             raise SystemExit(f"{run}: no histories/*/seed_*.jsonl; pass the output_dir of a search with "
                              "--evaluator=train on ptb")

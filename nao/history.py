@@ -91,6 +91,12 @@ def proposals_of(history: History) -> History:
     return History(path, required=PROPOSAL_FIELDS)
 
 
+def history_files(output_dir: str | os.PathLike) -> list[Path]:
+    """The history file of every (strategy, seed) search of a run directory, without proposals files."""
+    files = sorted(Path(output_dir).glob("histories/*/seed_*.jsonl"))
+    return [path for path in files if not path.name.endswith(".proposed.jsonl")]
+
+
 def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The rows of a history file that its search may still be appending to, read only (benchmarks and
     reports): a torn last line is left out, not rewritten as ``History`` does on resume."""
