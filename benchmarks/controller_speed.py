@@ -4,7 +4,8 @@ The reference figures (jax-notes) are the official PyTorch NAO on the same 2-cor
 1.0 s per controller epoch over 1000 architectures of 40 tokens at batch 100 (94 ms a step),
 and 41 ms per generation call (one gradient step + greedy decode for 100 seeds). This script
 builds a 40-token, 12-symbol space of the NAO-WS CNN shape (two tokens per encoder step) and
-times the paper controller on it, then the NAS-Bench-201 controllers.
+times the paper controller on it, then the NAS-Bench-201 controllers; the default preset's
+ensemble both in one call and in one thread per member group (what a CPU with several cores does).
 
     python benchmarks/controller_speed.py
 """
@@ -16,7 +17,7 @@ import time
 import jax
 import numpy as np
 
-from nao.controller import Controller, get_preset
+from nao.controller import Controller, get_preset, member_groups
 from nao.spaces import NasBench201Space
 from nao.spaces.nasbench201 import NasBench201Space as _Base
 
@@ -36,13 +37,18 @@ class CnnShapedTokens(_Base):
         return mask
 
 
-def time_controller(space, preset: str, pool: int, seeds: int, repeats: int = 5) -> tuple[float, ...]:
+def time_controller(space, preset: str, pool: int, seeds: int, threads: int | None,
+                    repeats: int = 5) -> tuple[float, ...]:
+    """Compile s, ms / step, s / epoch and ms / generation call; ``threads`` fit the ensemble (None:
+    as many as the controller picks)."""
     rng = np.random.default_rng(0)
     mask = space.token_mask()
     tokens = np.stack([[rng.choice(np.flatnonzero(m)) for m in mask] for _ in range(pool)]).astype(np.int32)
     targets = rng.random(pool).astype(np.float32)
     config = get_preset(preset)
     controller = Controller(space, config, jax.random.key(0))
+    if threads is not None:
+        controller.groups = member_groups(config.ensemble, threads)
     start = time.perf_counter()
     controller.fit(tokens, targets, jax.random.key(1), epochs=1)
     compile_s = time.perf_counter() - start
@@ -55,21 +61,22 @@ def time_controller(space, preset: str, pool: int, seeds: int, repeats: int = 5)
     for _ in range(repeats):
         controller.generate(tokens[:seeds], np.ones(1))
     generate_ms = (time.perf_counter() - start) / repeats * 1e3
-    return compile_s, step_ms, step_ms * steps_per_epoch / 1e3, generate_ms
+    return len(controller.groups), compile_s, step_ms, step_ms * steps_per_epoch / 1e3, generate_ms
 
 
 def main() -> None:
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {jax.device_count()} device(s)\n")
-    print("| space (tokens) | preset | members | compile s | ms / step | s / epoch (1000 archs) "
-          "| ms / generation call (100 seeds, 1 eta) |")
-    print("|---|---|---|---|---|---|---|")
-    cases = [(CnnShapedTokens(), "paper"), (NasBench201Space(), "paper"), (NasBench201Space(), "default")]
-    for space, preset in cases:
-        compile_s, step_ms, epoch_s, generate_ms = time_controller(space, preset, 1000, 100)
+    print("| space (tokens) | preset | members | fit threads | compile s | ms / step "
+          "| s / epoch (1000 archs) | ms / generation call (100 seeds, 1 eta) |")
+    print("|---|---|---|---|---|---|---|---|")
+    cases = [(CnnShapedTokens(), "paper", None), (NasBench201Space(), "paper", None),
+             (NasBench201Space(), "default", 1), (NasBench201Space(), "default", None)]
+    for space, preset, threads in cases:
+        groups, compile_s, step_ms, epoch_s, generate_ms = time_controller(space, preset, 1000, 100, threads)
         members = get_preset(preset).ensemble
-        print(f"| {space.name} ({space.seq_len}) | {preset} | {members} | {compile_s:.1f} | {step_ms:.1f} "
-              f"| {epoch_s:.2f} | {generate_ms:.1f} |", flush=True)
-    print("| official PyTorch NAO_V1 (40) | its defaults | 1 | - | 94 | 1.0 | 41 |")
+        print(f"| {space.name} ({space.seq_len}) | {preset} | {members} | {groups} | {compile_s:.1f} "
+              f"| {step_ms:.1f} | {epoch_s:.2f} | {generate_ms:.1f} |", flush=True)
+    print("| official PyTorch NAO_V1 (40) | its defaults | 1 | 2 (torch) | - | 94 | 1.0 | 41 |")
 
 
 if __name__ == "__main__":

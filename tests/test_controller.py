@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nao.controller import Controller, generation, training
+from nao.controller import Controller, generation, member_groups, training
 from nao.controller.model import EPD, pooled_embedding
 from nao.spaces import NasBench201Space
 
@@ -208,6 +208,35 @@ def test_fit_does_not_recompile_when_pool_grows(nb201_space, small_controller):
     controller.predict(tokens[:10])
     controller.predict(tokens)
     assert generation.predict._cache_size() <= predicted + 1
+
+
+def test_member_groups_split_the_ensemble_into_equal_groups():
+    assert member_groups(5, 1).tolist() == [[0, 1, 2, 3, 4]]
+    assert member_groups(5, 2).tolist() == [[0, 1, 2], [3, 4, 4]]
+    assert member_groups(5, 4).tolist() == [[0, 1], [2, 3], [4, 4]]
+    assert member_groups(5, 16).tolist() == [[0], [1], [2], [3], [4]]
+    assert member_groups(1, 2).tolist() == [[0]]
+
+
+def test_fit_in_groups_trains_each_member_as_the_whole_ensemble_does(nb201_space, pool, small_controller):
+    """A member draws the same minibatches, permutations and dropout in whichever group (and thread)
+    it is fitted: one call, a thread per member and a padded last group agree up to float rounding,
+    and the padding's copy is dropped."""
+    tokens, targets = pool
+
+    def trained(groups):
+        controller = Controller(nb201_space, small_controller, jax.random.key(5))
+        controller.groups = np.asarray(groups, np.int32)
+        metrics = controller.fit(tokens, targets, jax.random.key(6), epochs=20)
+        return jax.tree.leaves((controller.params, controller.opt_state)), metrics
+
+    whole, whole_metrics = trained([[0, 1]])
+    for groups in ([[0], [1]], [[0], [1], [1]]):
+        leaves, metrics = trained(groups)
+        assert [leaf.shape for leaf in leaves] == [leaf.shape for leaf in whole]
+        for leaf, reference in zip(leaves, whole):
+            np.testing.assert_allclose(leaf, reference, rtol=1e-4, atol=1e-5)
+        assert metrics["mse"] == pytest.approx(whole_metrics["mse"], rel=1e-4)
 
 
 def test_same_seed_gives_identical_params(nb201_space, pool, small_controller):

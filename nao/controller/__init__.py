@@ -3,7 +3,8 @@
 ``Controller`` keeps an ensemble's parameters and optimizer state across search
 iterations (warm start, as the original code does) and speaks numpy to the
 search loop; the work happens in the jitted functions of ``training`` and
-``generation``.
+``generation``. On a CPU the members are fitted in groups, one thread and core
+each (``member_groups``): about twice as fast on 2 cores as one call.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from nao.controller import generation, training
 from nao.controller.config import PRESETS, ControllerConfig, get_preset
 from nao.controller.model import EPD
+from nao.executors.local import available_cores
 from nao.models.training import Ticker
 from nao.spaces.base import SearchSpace
 
@@ -36,6 +38,18 @@ def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
     return np.concatenate([array, pad])
 
 
+def member_groups(ensemble: int, threads: int) -> np.ndarray:
+    """(G, m) indices of the ensemble members that each of G <= ``threads`` threads fits.
+
+    A controller step's matrices are too small for XLA to spread one over several CPU cores, so a
+    CPU fits the ensemble in groups, one thread and core each. Groups are equal in size, so one
+    compilation serves them all: the last is padded with copies of the last member, later dropped.
+    """
+    size = math.ceil(ensemble / max(1, min(threads, ensemble)))
+    groups = math.ceil(ensemble / size)
+    return np.minimum(np.arange(groups * size), ensemble - 1).reshape(groups, size).astype(np.int32)
+
+
 class Controller:
     """An ensemble of encoder-predictor-decoders for one search space."""
 
@@ -50,6 +64,8 @@ class Controller:
         self.transition_mask = jnp.asarray(space.transition_mask())
         self.permutations = jnp.asarray(space.symmetry_permutations(), jnp.int32)
         self._warming: list[Future] = []
+        self.groups = member_groups(config.ensemble,
+                                    len(available_cores()) if jax.default_backend() == "cpu" else 1)
 
     def warm_up(self, num_seeds: int, num_etas: int) -> None:
         """Compile fit, generate and predict in background threads.
@@ -60,10 +76,9 @@ class Controller:
         length = self.space.seq_len
         tokens = jnp.zeros((_bucket(0, _POOL_ROWS), length), jnp.int32)
         seeds = jnp.zeros((_bucket(num_seeds, _SEED_ROWS), length), jnp.int32)
+        rows = (tokens, jnp.zeros(tokens.shape[0]), jnp.ones(tokens.shape[0]))
         jobs = [
-            lambda: training.fit(self.model, self.params, self.opt_state, tokens, jnp.zeros(tokens.shape[0]),
-                                 jnp.ones(tokens.shape[0]), jnp.int32(1), self.permutations, jnp.int32(0),
-                                 jnp.int32(0), jax.random.key(0)),
+            lambda: self._fit_group(self.groups[0], rows, 1, 0, 0, jax.random.key(0)),
             lambda: generation.generate(self.model, self.params, seeds, jnp.zeros(num_etas),
                                         self.transition_mask),
             lambda: generation.predict(self.model, self.params, tokens),
@@ -103,15 +118,32 @@ class Controller:
         done = 0
         while done < steps:
             piece = min(CHUNK_STEPS, steps - done)
-            self.params, self.opt_state, metrics = training.fit(
-                self.model, self.params, self.opt_state, *rows, jnp.int32(count), self.permutations,
-                jnp.int32(done), jnp.int32(piece), key)
+            self.params, self.opt_state, metrics = self._fit_piece(rows, count, done, piece, key)
             done += piece
             if ticker.due() and done < steps:
                 mse, nll = np.asarray(metrics).mean(axis=0)
                 ticker.log(done, done, {"mse": float(mse), "nll": float(nll)})
         metrics = np.asarray(metrics).mean(axis=0)
         return {"steps": steps, "mse": float(metrics[0]), "nll": float(metrics[1])}
+
+    def _fit_piece(self, rows: tuple, count: int, first_step: int, num_steps: int, key: jax.Array):
+        """``training.fit`` of every member group, each in its own thread, stitched together."""
+        if len(self.groups) == 1:
+            return self._fit_group(self.groups[0], rows, count, first_step, num_steps, key)
+        with ThreadPoolExecutor(len(self.groups)) as threads:
+            parts = list(threads.map(
+                lambda members: self._fit_group(members, rows, count, first_step, num_steps, key),
+                self.groups))
+        return jax.tree.map(lambda *part: np.concatenate(part)[:self.config.ensemble], *parts)
+
+    def _fit_group(self, members: np.ndarray, rows: tuple, count: int, first_step: int, num_steps: int,
+                   key: jax.Array):
+        """``training.fit`` on the ensemble members ``members`` (all of them: the state as it is)."""
+        state = (self.params, self.opt_state)
+        if not np.array_equal(members, np.arange(self.config.ensemble)):
+            state = jax.tree.map(lambda x: np.asarray(x)[members], state)
+        return training.fit(self.model, *state, *rows, jnp.int32(count), self.permutations,
+                            jnp.asarray(members), jnp.int32(first_step), jnp.int32(num_steps), key)
 
     def predict(self, tokens: np.ndarray) -> np.ndarray:
         """(members, n) predicted normalised scores of (n, L) tokens."""

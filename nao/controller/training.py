@@ -66,10 +66,13 @@ def init_ensemble(model: EPD, seq_len: int, key: jax.Array):
 
 @functools.partial(jax.jit, static_argnames=("model",))
 def fit(model: EPD, params, opt_state, tokens: jax.Array, targets: jax.Array, weights: jax.Array,
-        count: jax.Array, permutations: jax.Array, first_step: jax.Array, num_steps: jax.Array,
-        key: jax.Array):
-    """Train every ensemble member for minibatch steps ``first_step .. first_step + num_steps - 1`` (a
+        count: jax.Array, permutations: jax.Array, members: jax.Array, first_step: jax.Array,
+        num_steps: jax.Array, key: jax.Array):
+    """Train ensemble members for minibatch steps ``first_step .. first_step + num_steps - 1`` (a
     long fit runs in pieces, each step drawing from ``key`` and its index as one call would).
+
+    ``params`` and ``opt_state`` hold the members whose indices are ``members`` (m,): each draws what
+    it draws in a fit of the whole ensemble, so the ensemble may be fitted in groups, one per thread.
 
     tokens (C, L), targets (C,) and their MSE weights (C,) hold ``count`` real rows followed by padding;
     minibatches are drawn with replacement from the real rows, and each sample
@@ -92,8 +95,8 @@ def fit(model: EPD, params, opt_state, tokens: jax.Array, targets: jax.Array, we
 
     def body(step, state):
         params, opt_state, _ = state
-        keys = jax.random.split(jax.random.fold_in(key, step), config.ensemble)
+        keys = jax.random.split(jax.random.fold_in(key, step), config.ensemble)[members]
         return jax.vmap(member_step)(params, opt_state, keys)
 
-    metrics = jnp.zeros((config.ensemble, 2))
+    metrics = jnp.zeros((members.shape[0], 2))
     return jax.lax.fori_loop(first_step, first_step + num_steps, body, (params, opt_state, metrics))
