@@ -128,7 +128,7 @@ rules_for(NaoOptions, {
     "targets": choice(TARGETS), "neighbor_seeds": NON_NEGATIVE, "local_slots": NON_NEGATIVE,
     "batch_fraction": _FRACTION, "unlabelled": NON_NEGATIVE, "pretrain_steps": NON_NEGATIVE,
     "refit_from": choice(REFIT_FROM), "pseudo_labels": NON_NEGATIVE, "pseudo_weight": number(0.0),
-    "pseudo_until": NON_NEGATIVE, "refit_until": NON_NEGATIVE,
+    "pseudo_until": NON_NEGATIVE, "refit_until": NON_NEGATIVE, "refit_stall": NON_NEGATIVE,
 })
 rules_for(BananasOptions, {
     "init_size": _SIZE, "per_iteration": _SIZE, "candidates": _SIZE, "parents": _SIZE,

@@ -12,7 +12,7 @@ import pytest
 
 from nao.config import ConfigError, assemble
 from nao.strategies.base import Pool
-from nao.strategies.nao import NAO_PRESETS, NaoOptions, NaoStrategy
+from nao.strategies.nao import NAO_PRESETS, NaoOptions, NaoStrategy, stalled
 
 SMALL = dataclasses.replace(NAO_PRESETS["smoke"], etas=(1.0, 4.0))
 
@@ -100,6 +100,32 @@ def test_refit_from_initial_starts_every_fit_from_the_first_fits_start(nb201_spa
     assert tree_equal(first, second) == restarts
 
 
+def test_stalled_means_no_new_best_among_the_last_window_scores():
+    assert stalled([5, 1, 2], 2) and stalled([5, 1, 5], 2)  # a tie is not a new best
+    assert not stalled([1, 2, 5], 1) and not stalled([1, 5, 2], 2)
+    assert not stalled([5, 1, 2], 0) and not stalled([5, 1, 2], 3)  # off, or nothing before the window
+
+
+@pytest.mark.parametrize("last_score, restarted", [(0.0, [True, False]), (100.0, [False, False])])
+def test_refit_stall_restarts_one_member_after_queries_without_a_new_best(
+        nb201_space, pool, small_controller, last_score, restarted):
+    """refit_stall=4 with warm starts: when none of the 4 architectures queried since the first fit beat
+    the pool's best, the second fit (iteration 2) starts with member 2 % 2 = 0 where the first fit
+    started and member 1 where it ended; after a new best both members go on from where they ended."""
+    strategy = NaoStrategy(nb201_space, 0, small_controller, dataclasses.replace(SMALL, refit_stall=4))
+    spy = FitSpy(strategy.controller)
+    grown = Pool(nb201_space)
+    for arch, score in zip(pool.archs, pool.scores):
+        grown.add(arch, score)
+    for arch, score in zip(strategy.propose(grown, 4), [min(pool.scores)] * 3 + [last_score]):
+        grown.add(arch, score)
+    strategy.propose(grown, 4)
+    first, second = spy.calls[0]["start"], spy.calls[1]["start"]
+    member = [jax.tree.map(lambda leaf, i=i: np.asarray(leaf)[i], (first, second)) for i in range(2)]
+    assert [tree_equal(*pair) for pair in member] == restarted
+    assert "initial" in strategy.save_state()[0]  # a resumed supernet search restarts from it too
+
+
 def test_pseudo_labels_add_unlabelled_rows_with_the_ensembles_mean_prediction(nb201_space, pool,
                                                                                small_controller):
     options = dataclasses.replace(SMALL, unlabelled=40, pseudo_labels=30, pseudo_weight=0.25)
@@ -130,6 +156,7 @@ def test_pseudo_labels_stop_once_the_pool_reaches_pseudo_until(nb201_space, pool
 @pytest.mark.parametrize("item, needle", [
     ("nao.refit_from=never", "refit_from"), ("nao.batch_fraction=1.5", "batch_fraction"),
     ("nao.pseudo_weight=-1", "pseudo_weight"), ("nao.unlabelled=-3", "unlabelled"),
+    ("nao.refit_stall=-10", "refit_stall"),
 ])
 def test_bad_small_budget_settings_are_one_line_config_errors(item, needle):
     with pytest.raises(ConfigError, match=needle) as error:

@@ -50,6 +50,7 @@ class NaoOptions:
     pretrain_steps: int = 0  # reconstruction-only steps on the unlabelled ones before the first fit
     refit_from: str = "previous"  # previous: warm start (the paper) | initial: every fit as the first starts
     refit_until: int = 0  # > 0: refit_from="initial" only while the pool is smaller than this
+    refit_stall: int = 0  # > 0: while none of the last this many beat the best, each fit restarts a member
     pseudo_labels: int = 0  # unlabelled architectures labelled by the ensemble's mean, then trained on
     pseudo_weight: float = 0.5  # weight of a pseudo-label's squared error against a real score's
     pseudo_until: int = 0  # > 0: pseudo-labels only while the pool is smaller than this
@@ -74,6 +75,22 @@ def normalize_targets(scores: np.ndarray, how: str) -> np.ndarray:
         return ranks / max(len(scores) - 1, 1)
     low, high = scores.min(), scores.max()
     return (scores - low) / (high - low) if high > low else np.full_like(scores, 0.5)
+
+
+def stalled(scores: list[float], window: int) -> bool:
+    """Whether none of the last ``window`` scores (in query order) beats the best before them."""
+    return 0 < window < len(scores) and max(scores[-window:]) <= max(scores[:-window])
+
+
+def restart_member(state: Any, initial: Any, member: int) -> Any:
+    """``state`` (an ensemble's pytree, members on the leading axis) with ``member`` put back to
+    ``initial``'s."""
+    def put(now, start):
+        now = np.array(now)
+        now[member] = np.asarray(start)[member]
+        return now
+
+    return jax.tree.map(put, state, initial)
 
 
 class NaoStrategy(Strategy):
@@ -144,7 +161,8 @@ class NaoStrategy(Strategy):
 
     def _fit(self, pool: Pool, key: jax.Array) -> None:
         """Fit the controller on the pool: after pre-training it on the unlabelled architectures (first
-        fit), from the start ``refit_from`` names, and again with pseudo-labels (Luo et al., 2020)."""
+        fit), from the start ``refit_from`` names (after a stall, ``refit_stall``, with one member
+        back at its initial state), and again with pseudo-labels (Luo et al., 2020)."""
         opts = self.options
         if self.iteration == 1 and opts.pretrain_steps:
             tokens = self.space.tokens_batch(self.unlabelled)
@@ -153,6 +171,12 @@ class NaoStrategy(Strategy):
             self.initial = (self.controller.params, self.controller.opt_state)
         elif opts.refit_from == "initial" and (not opts.refit_until or len(pool) < opts.refit_until):
             self.controller.params, self.controller.opt_state = self.initial
+        elif stalled(pool.scores, opts.refit_stall):
+            # One member at a time starts again: the ensemble disagrees, and so explores, where the
+            # others have settled, and keeps the predictor they have built.
+            member = self.iteration % self.controller.config.ensemble
+            self.controller.params, self.controller.opt_state = restart_member(
+                (self.controller.params, self.controller.opt_state), self.initial, member)
         tokens = self.space.tokens_batch(pool.archs)
         targets = normalize_targets(np.asarray(pool.scores), opts.targets)
         self.last_fit = self.controller.fit(tokens, targets, key)
@@ -175,7 +199,7 @@ class NaoStrategy(Strategy):
         (which keys the controller's randomness) and the generator of the other draws."""
         arrays, facts = super().save_state()
         controller = {"params": self.controller.params, "opt_state": self.controller.opt_state}
-        if self.options.refit_from == "initial":
+        if self.options.refit_from == "initial" or self.options.refit_stall:
             controller["initial"] = self.initial
         return controller, {**facts, "iteration": self.iteration, "last_fit": self.last_fit,
                              "controller": dataclasses.asdict(self.controller.config)}
