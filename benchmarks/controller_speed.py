@@ -38,9 +38,9 @@ class CnnShapedTokens(_Base):
 
 
 def time_controller(space, preset: str, pool: int, seeds: int, threads: int | None,
-                    repeats: int = 5) -> tuple[float, ...]:
-    """Compile s, ms / step, s / epoch and ms / generation call; ``threads`` fit the ensemble (None:
-    as many as the controller picks)."""
+                    repeats: int = 5) -> tuple[int, float, float, float, float]:
+    """Fit threads, compile s, ms / step, s / epoch and ms / generation call; ``threads`` fit the
+    ensemble (None: as many as the controller picks)."""
     rng = np.random.default_rng(0)
     mask = space.token_mask()
     tokens = np.stack([[rng.choice(np.flatnonzero(m)) for m in mask] for _ in range(pool)]).astype(np.int32)

@@ -1,4 +1,4 @@
-"""Data parallelism over the local devices, and several hosts.
+"""Data parallelism over the local devices, and several hosts; the CPU cores this process may use.
 
 Train and eval steps are ``jax.pmap``-ed over one axis named ``batch``: parameters
 are replicated, every device takes its slice of the global batch, and gradients
@@ -12,12 +12,20 @@ writes run files (``nao.models.files.is_primary``); the code is otherwise the sa
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 AXIS = "batch"
+
+
+def available_cores() -> list[int]:
+    """The CPU cores this process may run on."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(
+        range(os.cpu_count() or 1))
 
 
 def initialize_multihost(coordinator_address: str | None = None, num_processes: int | None = None,

@@ -379,6 +379,9 @@ def _check_job(config: RunConfig) -> None:
                 EXECUTORS[job.executor].check_workers(job.workers)
             except ValueError as err:
                 raise ConfigError(f"{err} (--workers)", "workers") from None
+        if "nao" in job.strategies and job.search.pool_size and job.nao.refit_stall:
+            raise ConfigError(f"nao.refit_stall={job.nao.refit_stall} reads the pool in query order, which a "
+                              "search keeping a working pool of its own (a supernet's) reorders: drop it")
         if "nao" in job.strategies and not job.search.pool_size and job.nao.init_size < 1:
             raise ConfigError("nao.init_size=0: NAO needs at least one random architecture to fit its first "
                               "controller on when the loop keeps no pool of its own (--init_size)")

@@ -123,7 +123,7 @@ def test_refit_stall_restarts_one_member_after_queries_without_a_new_best(
     first, second = spy.calls[0]["start"], spy.calls[1]["start"]
     member = [jax.tree.map(lambda leaf, i=i: np.asarray(leaf)[i], (first, second)) for i in range(2)]
     assert [tree_equal(*pair) for pair in member] == restarted
-    assert "initial" in strategy.save_state()[0]  # a resumed supernet search restarts from it too
+    assert "initial" in strategy.save_state()[0]  # a strategy restored from its state restarts from it too
 
 
 def test_pseudo_labels_add_unlabelled_rows_with_the_ensembles_mean_prediction(nb201_space, pool,
@@ -161,6 +161,14 @@ def test_pseudo_labels_stop_once_the_pool_reaches_pseudo_until(nb201_space, pool
 def test_bad_small_budget_settings_are_one_line_config_errors(item, needle):
     with pytest.raises(ConfigError, match=needle) as error:
         assemble({"strategies": ["nao"]}, (f"--set={item}"[6:],))
+    assert "\n" not in str(error.value)
+
+
+def test_refit_stall_is_refused_where_the_loop_reorders_the_pool():
+    """A supernet search keeps its working pool best first, so "the last queries" would be the worst."""
+    with pytest.raises(ConfigError, match="refit_stall") as error:
+        assemble({"strategies": ["nao"], "space": "ptb_ws", "evaluator": "supernet", "data_dir": "ptb"},
+                 ("nao.refit_stall=20",))
     assert "\n" not in str(error.value)
 
 

@@ -4,7 +4,7 @@
 iterations (warm start, as the original code does) and speaks numpy to the
 search loop; the work happens in the jitted functions of ``training`` and
 ``generation``. On a CPU the members are fitted in groups, one thread and core
-each (``member_groups``): about twice as fast on 2 cores as one call.
+each (``member_groups``): 1.7x as fast on 2 cores as one call.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 from nao.controller import generation, training
 from nao.controller.config import PRESETS, ControllerConfig, get_preset
 from nao.controller.model import EPD
-from nao.executors.local import available_cores
+from nao.models.parallel import available_cores
 from nao.models.training import Ticker
 from nao.spaces.base import SearchSpace
 
@@ -134,11 +134,13 @@ class Controller:
             parts = list(threads.map(
                 lambda members: self._fit_group(members, rows, count, first_step, num_steps, key),
                 self.groups))
-        return jax.tree.map(lambda *part: np.concatenate(part)[:self.config.ensemble], *parts)
+        # Row of each member in the groups' concatenation (its first, if the padding repeats it).
+        rows_of_members = np.unique(self.groups.ravel(), return_index=True)[1]
+        return jax.tree.map(lambda *part: jnp.asarray(np.concatenate(part)[rows_of_members]), *parts)
 
     def _fit_group(self, members: np.ndarray, rows: tuple, count: int, first_step: int, num_steps: int,
                    key: jax.Array):
-        """``training.fit`` on the ensemble members ``members`` (all of them: the state as it is)."""
+        """``training.fit`` on the ensemble members ``members``; the whole ensemble passes its state as is."""
         state = (self.params, self.opt_state)
         if not np.array_equal(members, np.arange(self.config.ensemble)):
             state = jax.tree.map(lambda x: np.asarray(x)[members], state)

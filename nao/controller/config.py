@@ -26,7 +26,7 @@ class ControllerConfig:
     batch_size: int = 100
     epochs: int = 1000  # per search iteration; the controller is warm-started between iterations
     min_steps: int = 0  # at least this many minibatch steps per fit, so a small first pool still trains
-    ensemble: int = 1  # independently initialised controllers trained side by side (vmapped)
+    ensemble: int = 1  # independently initialised controllers trained side by side (vmapped, per core)
 
 
 PRESETS: dict[str, ControllerConfig] = {

@@ -22,15 +22,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from nao.executors.base import Executor, Outcome, WorkerError, WorkerTask
+from nao.models.parallel import available_cores
 
 MAX_ATTEMPTS = 2  # workers that may die on one job before it is recorded as failed
 POLL_SECONDS = 0.2  # how often a silent executor checks that its workers are alive
-
-
-def available_cores() -> list[int]:
-    """The CPU cores this process may run on."""
-    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(
-        range(os.cpu_count() or 1))
 
 
 def gpu_count() -> int:

@@ -50,7 +50,9 @@ class NaoOptions:
     pretrain_steps: int = 0  # reconstruction-only steps on the unlabelled ones before the first fit
     refit_from: str = "previous"  # previous: warm start (the paper) | initial: every fit as the first starts
     refit_until: int = 0  # > 0: refit_from="initial" only while the pool is smaller than this
-    refit_stall: int = 0  # > 0: while none of the last this many beat the best, each fit restarts a member
+    # > 0: while none of the last refit_stall queries beat the best, each fit first resets one member to
+    # the initial state (moot while refit_from="initial" restarts every fit)
+    refit_stall: int = 0
     pseudo_labels: int = 0  # unlabelled architectures labelled by the ensemble's mean, then trained on
     pseudo_weight: float = 0.5  # weight of a pseudo-label's squared error against a real score's
     pseudo_until: int = 0  # > 0: pseudo-labels only while the pool is smaller than this
